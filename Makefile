@@ -1,0 +1,33 @@
+# Two set-up commands for users: `make run` and `make test` (see README.md).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: install run migrate test test-fast bench lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+migrate: install
+	$(VENV)/bin/tuner migrate
+
+run: install migrate
+	$(VENV)/bin/tuner serve --host 127.0.0.1 --port 8000
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) -m bench.run_all
+
+lint: install
+	$(VENV)/bin/ruff check tuner app tests bench
+	$(VENV)/bin/mypy tuner app
+
+clean:
+	rm -rf $(VENV) data artifacts .pytest_cache
