@@ -1,0 +1,66 @@
+"""Loss plus scikit-learn metrics for classification and regression.
+
+Undefined metrics (e.g. ROC-AUC when the scored rows hold one class) are ``None`` so results stay valid JSON.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from sklearn import metrics as skm
+
+__all__ = ["classification_metrics", "compute_metrics", "objective_value", "regression_metrics"]
+
+
+def classification_metrics(y_true: np.ndarray, proba: np.ndarray, loss: float) -> dict[str, float | None]:
+    """loss, accuracy, precision/recall/F1 (macro) and ROC-AUC (binary: class 1; multiclass: one-vs-rest)."""
+    y_pred = proba.argmax(axis=1)
+    labels = np.arange(proba.shape[1])
+    out: dict[str, float | None] = {
+        "loss": _finite(loss),
+        "accuracy": float(skm.accuracy_score(y_true, y_pred)),
+        "precision": float(skm.precision_score(y_true, y_pred, average="macro", labels=labels, zero_division=0)),
+        "recall": float(skm.recall_score(y_true, y_pred, average="macro", labels=labels, zero_division=0)),
+        "f1_macro": float(skm.f1_score(y_true, y_pred, average="macro", labels=labels, zero_division=0)),
+        "roc_auc": _roc_auc(y_true, proba),
+    }
+    return out
+
+
+def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray, loss: float) -> dict[str, float | None]:
+    """loss (the training criterion, on the standardised target), MSE, MAE and R² in the target's units."""
+    return {
+        "loss": _finite(loss),
+        "mse": float(skm.mean_squared_error(y_true, y_pred)),
+        "mae": float(skm.mean_absolute_error(y_true, y_pred)),
+        "r2": _finite(float(skm.r2_score(y_true, y_pred))) if len(y_true) > 1 else None,
+    }
+
+
+def compute_metrics(task: str, y_true: np.ndarray, outputs: np.ndarray, loss: float) -> dict[str, float | None]:
+    """Dispatch on the task: ``outputs`` are class probabilities or predictions in the target's units."""
+    if task == "classification":
+        return classification_metrics(y_true, outputs, loss)
+    return regression_metrics(y_true, outputs, loss)
+
+
+def objective_value(objective: str, metrics: dict[str, Any]) -> float:
+    """The objective's value from a metrics dict (``val_loss`` is the loss); NaN when undefined."""
+    value = metrics["loss" if objective == "val_loss" else objective]
+    return float("nan") if value is None else float(value)
+
+
+def _roc_auc(y_true: np.ndarray, proba: np.ndarray) -> float | None:
+    try:
+        if proba.shape[1] == 2:
+            return float(skm.roc_auc_score(y_true, proba[:, 1]))
+        p = proba / proba.sum(axis=1, keepdims=True)  # float32 softmax rows may not sum to 1 exactly
+        return float(skm.roc_auc_score(y_true, p, multi_class="ovr", labels=np.arange(proba.shape[1])))
+    except ValueError:
+        return None
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None

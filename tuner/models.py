@@ -1,0 +1,141 @@
+"""Models: an MLP and a small CNN for image-shaped inputs, initialised by activation.
+
+He (Kaiming) initialisation for the ReLU family keeps activations' variance stable through rectifiers;
+Xavier (Glorot) suits the symmetric saturating tanh/sigmoid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from tuner.spec import ModelSpec
+
+__all__ = ["CNN", "MLP", "build_model", "hidden_layers", "init_scheme", "init_weights"]
+
+_ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "leaky_relu": nn.LeakyReLU,
+    "elu": nn.ELU,
+    "gelu": nn.GELU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+}
+_RELU_FAMILY = ("relu", "leaky_relu", "elu", "gelu")
+
+
+def init_scheme(activation: str) -> str:
+    """``"he"`` for the ReLU family, ``"xavier"`` for tanh and sigmoid."""
+    return "he" if activation in _RELU_FAMILY else "xavier"
+
+
+def init_weights(model: nn.Module, activation: str) -> None:
+    """Initialise every Linear/Conv2d weight by the activation's scheme; biases to zero."""
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            if init_scheme(activation) == "he":
+                nonlin = "leaky_relu" if activation == "leaky_relu" else "relu"
+                nn.init.kaiming_normal_(m.weight, nonlinearity=nonlin)
+            else:
+                nn.init.xavier_uniform_(m.weight, gain=nn.init.calculate_gain(activation))
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+def hidden_layers(spec: ModelSpec, params: Mapping[str, Any]) -> list[int]:
+    """Hidden widths: ``model.hidden`` unless the search sets ``n_layers`` and/or ``hidden_units``."""
+    depth = params.get("n_layers")
+    width = params.get("hidden_units")
+    hidden = list(spec.hidden) or [64]
+    if depth is None and width is None:
+        return hidden
+    if width is not None:
+        return [int(width)] * int(depth if depth is not None else len(hidden))
+    depth = int(depth)  # type: ignore[arg-type]
+    return (hidden + [hidden[-1]] * depth)[:depth]
+
+
+def _mlp_layers(n_in: int, hidden: list[int], n_out: int, activation: str, dropout: float) -> list[nn.Module]:
+    layers: list[nn.Module] = []
+    for width in hidden:
+        layers += [nn.Linear(n_in, width), _ACTIVATIONS[activation](), nn.Dropout(dropout)]
+        n_in = width
+    layers.append(nn.Linear(n_in, n_out))
+    return layers
+
+
+class MLP(nn.Module):
+    """Linear -> activation -> Dropout for each hidden layer, then a linear head."""
+
+    def __init__(self, n_features: int, hidden: list[int], n_outputs: int, activation: str, dropout: float) -> None:
+        super().__init__()
+        self.net = nn.Sequential(*_mlp_layers(n_features, hidden, n_outputs, activation, dropout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class CNN(nn.Module):
+    """Conv blocks (conv -> activation -> Dropout2d -> 2x2 max-pool while the map is large enough), MLP head."""
+
+    def __init__(
+        self,
+        input_shape: tuple[int, int, int],
+        channels: list[int],
+        kernel_size: int,
+        hidden: list[int],
+        n_outputs: int,
+        activation: str,
+        dropout: float,
+    ) -> None:
+        super().__init__()
+        self.input_shape = tuple(input_shape)
+        c, h, w = input_shape
+        blocks: list[nn.Module] = []
+        for out in channels:
+            blocks += [
+                nn.Conv2d(c, out, kernel_size, padding=kernel_size // 2),
+                _ACTIVATIONS[activation](),
+                nn.Dropout2d(dropout),
+            ]
+            if h >= 2 and w >= 2:
+                blocks.append(nn.MaxPool2d(2))
+                h, w = h // 2, w // 2
+            c = out
+        self.features = nn.Sequential(*blocks)
+        self.head = nn.Sequential(nn.Flatten(), *_mlp_layers(c * h * w, hidden, n_outputs, activation, dropout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x.view(x.shape[0], *self.input_shape)))
+
+
+def build_model(
+    spec: ModelSpec,
+    params: Mapping[str, Any],
+    n_features: int,
+    n_outputs: int,
+    *,
+    input_shape: tuple[int, int, int] | None = None,
+) -> nn.Module:
+    """Build and initialise the model a spec names with a trial's hyperparameters.
+
+    ``input_shape`` (C, H, W) is needed for a CNN when ``spec.input_shape`` is unset (digits: 1x8x8).
+    """
+    dropout = float(params.get("dropout", 0.0))
+    hidden = hidden_layers(spec, params)
+    model: nn.Module
+    if spec.kind == "cnn":
+        shape = tuple(spec.input_shape) if spec.input_shape is not None else input_shape
+        if shape is None:
+            raise ValueError("a CNN needs an input shape (C, H, W)")
+        c, h, w = shape
+        if c * h * w != n_features:
+            raise ValueError(f"input shape {list(shape)} does not match {n_features} features")
+        model = CNN((c, h, w), list(spec.channels), spec.kernel_size, hidden, n_outputs, spec.activation, dropout)
+    else:
+        model = MLP(n_features, hidden, n_outputs, spec.activation, dropout)
+    init_weights(model, spec.activation)
+    return model

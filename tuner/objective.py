@@ -1,0 +1,245 @@
+"""The Optuna objective: suggest hyperparameters, train (holdout or K-fold), report, record.
+
+Holdout trials report the validation objective every epoch (step = epoch, 1-based). K-fold trials report
+after each fold *i* (step = *i*, 0-based): the running mean of the fold scores, so median / percentile /
+successive-halving / hyperband pruners compare like with like; with the Wilcoxon pruner, each fold's own
+score, because it compares per-instance scores. The training itself never sees the test rows: it works
+on :attr:`PreparedData.folds` only.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import torch
+from torch import nn
+
+from tuner.data import Fold, PreparedData
+from tuner.errors import StopRequested, TrialConfigError
+from tuner.metrics import compute_metrics
+from tuner.models import build_model
+from tuner.spec import JobSpec, ParamSpec
+from tuner.training import FitResult, TrainConfig, fit
+
+__all__ = ["Objective", "StopRequested", "TrialConfigError", "resolve_device", "suggest_params", "train_on_fold"]
+
+_INT_PARAMS = ("batch_size", "n_layers", "hidden_units")
+_FOLD_SEED_STRIDE = 7919
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def suggest_params(trial: optuna.Trial, spec: JobSpec) -> dict[str, Any]:
+    """Suggest every dimension of the effective search space (fixed values too, so params are complete)."""
+    params: dict[str, Any] = {}
+    for name, p in spec.effective_search_space().items():
+        params[name] = _suggest(trial, name, p)
+    if params.get("optimizer", "adam") == "sgd" and "momentum" not in params:
+        params["momentum"] = 0.9
+    return params
+
+
+def _suggest(trial: optuna.Trial, name: str, p: ParamSpec) -> Any:
+    if p.kind == "fixed":
+        return trial.suggest_categorical(name, [p.value])
+    if p.kind == "choices":
+        assert p.choices is not None
+        return trial.suggest_categorical(name, p.choices)
+    assert p.low is not None and p.high is not None
+    if name in _INT_PARAMS:
+        step = int(p.step) if p.step is not None else 1
+        return trial.suggest_int(name, int(p.low), int(p.high), step=step, log=p.log)
+    return trial.suggest_float(name, p.low, p.high, step=p.step, log=p.log)
+
+
+def train_on_fold(
+    spec: JobSpec,
+    data: PreparedData,
+    fold: Fold,
+    params: dict[str, Any],
+    *,
+    seed: int,
+    device: torch.device,
+    tensors: tuple[torch.Tensor, ...] | None = None,
+    max_epochs: int | None = None,
+    on_epoch: Callable[[int, float], None] | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> tuple[nn.Module, FitResult]:
+    """Build a seeded model and train it on one fold (validation when the fold has it).
+
+    Deterministic on the CPU for a given seed, so the holdout finalisation can re-train a trial exactly
+    when its saved weights are missing. ``max_epochs`` overrides the budget (the K-fold refit).
+    """
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    model = build_model(spec.model, params, data.n_features, data.n_outputs, input_shape=data.input_shape)
+    model.to(device)
+    cfg = TrainConfig.from_params(params, spec)
+    if max_epochs is not None:
+        cfg.max_epochs = max_epochs
+    if tensors is None:
+        tensors = tuple(
+            t.to(device) for t in (fold.X_train, fold.y_train, fold.X_val, fold.y_val) if t is not None
+        )
+    train = (tensors[0], tensors[1])
+    val = (tensors[2], tensors[3]) if len(tensors) == 4 else None
+    metrics_fn = None
+    if fold.val_idx is not None:
+        y_true = data.dev_y[fold.val_idx]
+        pre = fold.preprocessor
+
+        def metrics_fn(outputs: np.ndarray, loss: float) -> dict[str, float | None]:
+            if data.task == "regression":
+                outputs = pre.inverse_target(outputs)
+            return compute_metrics(data.task, y_true, outputs, loss)
+
+    try:
+        result = fit(
+            model, train, val, cfg, task=data.task, generator=generator,
+            val_metrics_fn=metrics_fn, on_epoch=on_epoch, should_stop=should_stop,
+        )
+    except torch.cuda.OutOfMemoryError as exc:
+        raise TrialConfigError(f"out of device memory: {str(exc).splitlines()[0]}") from None
+    return model, result
+
+
+class Objective:
+    """``Objective(spec, data)(trial) -> float``: the validation objective of one trial.
+
+    With ``artifacts_dir`` (holdout only), a completed trial that beats the study's best so far saves its
+    best-epoch weights to ``artifacts_dir/<study>/trial-<n>.pt`` (user attr ``state_path``), which
+    :func:`tuner.runner.finalize` loads; without it, finalize re-trains the trial deterministically.
+    """
+
+    def __init__(
+        self,
+        spec: JobSpec,
+        data: PreparedData,
+        *,
+        device: str | torch.device = "cpu",
+        should_stop: Callable[[], bool] = lambda: False,
+        worker_id: str | None = None,
+        artifacts_dir: Path | None = None,
+    ) -> None:
+        self.spec = spec
+        self.data = data
+        self.device = resolve_device(device)
+        self.should_stop = should_stop
+        self.worker_id = worker_id
+        self.artifacts_dir = Path(artifacts_dir) if artifacts_dir is not None else None
+        self._tensors: dict[int, tuple[torch.Tensor, ...]] = {}
+
+    def _fold_tensors(self, i: int) -> tuple[torch.Tensor, ...]:
+        if i not in self._tensors:  # moved to the device once, reused by every trial
+            f = self.data.folds[i]
+            self._tensors[i] = tuple(t.to(self.device) for t in (f.X_train, f.y_train, f.X_val, f.y_val))  # type: ignore[union-attr]
+        return self._tensors[i]
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        started = time.perf_counter()
+        if self.worker_id is not None:
+            trial.set_user_attr("worker", self.worker_id)
+        try:
+            params = suggest_params(trial, self.spec)
+            if self.spec.split.validation.kind == "kfold":
+                value = self._kfold(trial, params)
+            else:
+                value = self._holdout(trial, params)
+        except TrialConfigError as exc:
+            trial.set_user_attr("fail_reason", str(exc))
+            trial.storage.set_trial_system_attr(trial._trial_id, "failure", "config")
+            raise
+        except (StopRequested, KeyboardInterrupt):
+            trial.storage.set_trial_system_attr(trial._trial_id, "interrupted", True)
+            raise
+        finally:
+            trial.set_user_attr("duration_s", round(time.perf_counter() - started, 4))
+        return value
+
+    # ------------------------------------------------------------------------------------- holdout
+    def _holdout(self, trial: optuna.Trial, params: dict[str, Any]) -> float:
+        reported: list[float] = []
+
+        def on_epoch(epoch: int, value: float) -> None:
+            reported.append(value)
+            trial.report(value, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {epoch} ({self.spec.objective}={value:.6g})")
+
+        try:
+            model, result = train_on_fold(
+                self.spec, self.data, self.data.folds[0], params,
+                seed=self.spec.split.seed + trial.number, device=self.device,
+                tensors=self._fold_tensors(0), on_epoch=on_epoch, should_stop=self.should_stop,
+            )
+        except optuna.TrialPruned:
+            trial.set_user_attr("val_curve", reported)
+            raise
+        value = float(result.best_value)  # type: ignore[arg-type]
+        trial.set_user_attr("best_epoch", result.best_epoch)
+        trial.set_user_attr("train_curve", result.train_curve)
+        trial.set_user_attr("val_curve", result.val_curve)
+        trial.set_user_attr("val_metrics", result.val_metrics)
+        if self.artifacts_dir is not None and self._is_new_best(trial, value):
+            path = self.artifacts_dir / trial.study.study_name / f"trial-{trial.number}.pt"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({k: v.cpu() for k, v in model.state_dict().items()}, path)
+            trial.set_user_attr("state_path", str(path))
+        return value
+
+    def _is_new_best(self, trial: optuna.Trial, value: float) -> bool:
+        try:
+            best = trial.study.best_value
+        except ValueError:  # no completed trial yet
+            return True
+        return value < best if self.spec.direction == "minimize" else value > best
+
+    # -------------------------------------------------------------------------------------- K-fold
+    def _kfold(self, trial: optuna.Trial, params: dict[str, Any]) -> float:
+        wilcoxon = self.spec.pruner.kind == "wilcoxon"
+        values: list[float] = []
+        best_epochs: list[int] = []
+        train_curves: list[list[float]] = []
+        val_curves: list[list[float]] = []
+        fold_metrics: list[dict[str, float | None] | None] = []
+        base = self.spec.split.seed + trial.number
+        for i, fold in enumerate(self.data.folds):
+            _, result = train_on_fold(
+                self.spec, self.data, fold, params, seed=base + _FOLD_SEED_STRIDE * i,
+                device=self.device, tensors=self._fold_tensors(i), should_stop=self.should_stop,
+            )
+            values.append(float(result.best_value))  # type: ignore[arg-type]
+            best_epochs.append(result.best_epoch)
+            train_curves.append(result.train_curve)
+            val_curves.append(result.val_curve)
+            fold_metrics.append(result.val_metrics)
+            trial.set_user_attr("fold_values", values)
+            trial.set_user_attr("fold_best_epochs", best_epochs)
+            trial.set_user_attr("train_curve", train_curves)
+            trial.set_user_attr("val_curve", val_curves)
+            trial.report(values[-1] if wilcoxon else float(np.mean(values)), i)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned after fold {i}")
+        trial.set_user_attr("best_epoch", max(1, round(float(np.mean(best_epochs)))))
+        trial.set_user_attr("val_metrics", _mean_metrics(fold_metrics))
+        return float(np.mean(values))
+
+
+def _mean_metrics(per_fold: list[dict[str, float | None] | None]) -> dict[str, float | None]:
+    keys = [k for k in (per_fold[0] or {})]
+    out: dict[str, float | None] = {}
+    for k in keys:
+        vals = [m[k] for m in per_fold if m is not None and m.get(k) is not None]
+        out[k] = float(np.mean(vals)) if vals and all(math.isfinite(v) for v in vals) else None  # type: ignore[arg-type]
+    return out

@@ -1,0 +1,286 @@
+"""Running a job: open the study, optimise, score the best model on the test set once, report.
+
+Everything lives in the Optuna study at the storage URL: params, intermediate values, per-trial user
+attributes, and (as study user attributes) the spec, the final test metrics and the model's path.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import torch
+from optuna.trial import FrozenTrial, TrialState
+
+from tuner.artifacts import save_model
+from tuner.data import PreparedData, prepare_data
+from tuner.errors import TrialConfigError
+from tuner.metrics import compute_metrics
+from tuner.objective import Objective, resolve_device, train_on_fold
+from tuner.spec import JobSpec, SpecError
+from tuner.training import evaluate
+
+__all__ = ["TrialCounts", "build_result", "finalize", "open_study", "optimize", "run", "trial_counts"]
+
+_SPEC_ATTR = "spec"
+
+
+def open_study(
+    spec: JobSpec,
+    storage: str | optuna.storages.BaseStorage | None,
+    study_name: str | None = None,
+) -> optuna.Study:
+    """Create or load the study (``study_name`` defaults to ``spec.name``; ``storage=None`` is in memory).
+
+    Sampler, pruner and direction come from the spec, whose JSON is kept in study user attr ``spec``.
+    Loading a study that was created from a different spec (budget aside) raises :class:`SpecError`.
+    """
+    study = optuna.create_study(
+        storage=storage,
+        study_name=study_name or spec.name,
+        sampler=spec.sampler.build(spec.effective_search_space()),
+        pruner=spec.pruner.build(),
+        direction=spec.direction,
+        load_if_exists=True,
+    )
+    stored = study.user_attrs.get(_SPEC_ATTR)
+    if stored is None:
+        study.set_user_attr(_SPEC_ATTR, spec.model_dump_json())
+    elif _without_budget(JobSpec.model_validate_json(stored)) != _without_budget(spec):
+        raise SpecError([f"name: study '{study.study_name}' already exists with a different spec"])
+    return study
+
+
+def _without_budget(spec: JobSpec) -> dict[str, Any]:
+    return spec.model_dump(mode="json", exclude={"budget"})
+
+
+@dataclass(frozen=True)
+class TrialCounts:
+    """Trials by outcome. ``failed`` excludes configuration failures; interrupted trials are in it."""
+
+    complete: int = 0
+    pruned: int = 0
+    failed: int = 0
+    config_failed: int = 0
+    running: int = 0
+    waiting: int = 0
+
+    @property
+    def counted(self) -> int:
+        """Trials that use up the ``n_trials`` budget: complete + pruned + config failures."""
+        return self.complete + self.pruned + self.config_failed
+
+    def as_dict(self) -> dict[str, int]:
+        return {**asdict(self), "counted": self.counted}
+
+
+def trial_counts(study: optuna.Study) -> TrialCounts:
+    """Count the study's trials by outcome (see :class:`TrialCounts`)."""
+    c = dict(complete=0, pruned=0, failed=0, config_failed=0, running=0, waiting=0)
+    for t in study.get_trials(deepcopy=False):
+        if t.state == TrialState.COMPLETE:
+            c["complete"] += 1
+        elif t.state == TrialState.PRUNED:
+            c["pruned"] += 1
+        elif t.state == TrialState.FAIL:
+            c["config_failed" if t.system_attrs.get("failure") == "config" else "failed"] += 1
+        elif t.state == TrialState.RUNNING:
+            c["running"] += 1
+        elif t.state == TrialState.WAITING:
+            c["waiting"] += 1
+    return TrialCounts(**c)
+
+
+def _best_value(study: optuna.Study) -> float | None:
+    try:
+        return float(study.best_value)
+    except ValueError:
+        return None
+
+
+def optimize(
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], float],
+    *,
+    n_trials: int | None,
+    timeout_s: float | None,
+    callbacks: Iterable[Callable[[optuna.Study, FrozenTrial], None]] = (),
+    progress: bool = False,
+) -> None:
+    """``study.optimize`` with configuration failures caught; a tqdm bar on stderr when ``progress``.
+
+    :class:`StopRequested` and ``KeyboardInterrupt`` propagate after Optuna has recorded the trial.
+    """
+    callbacks = list(callbacks)
+    bar = None
+    if progress and n_trials:
+        from tqdm.auto import tqdm
+
+        start = trial_counts(study).counted
+        bar = tqdm(total=start + n_trials, initial=start, file=sys.stderr, desc=study.study_name, unit="trial")
+
+        def _update(st: optuna.Study, _t: FrozenTrial) -> None:
+            counts = trial_counts(st)
+            bar.n = counts.counted
+            best = _best_value(st)
+            bar.set_postfix(
+                {"pruned": counts.pruned, "failed": counts.failed + counts.config_failed,
+                 "best": "-" if best is None else f"{best:.4g}"},
+                refresh=False,
+            )
+            bar.refresh()
+
+        callbacks.append(_update)
+    try:
+        study.optimize(objective, n_trials=n_trials, timeout=timeout_s, catch=(TrialConfigError,), callbacks=callbacks)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def finalize(
+    study: optuna.Study,
+    spec: JobSpec,
+    data: PreparedData,
+    *,
+    artifacts_dir: Path,
+    device: str | torch.device = "cpu",
+) -> dict[str, Any]:
+    """Score the best trial's model on the test set (the only call of ``data.take_test()``) and save it.
+
+    Holdout: the best trial's kept (best-epoch) weights, from its saved state or a deterministic
+    re-training. K-fold: a refit on all non-test rows with the best params for the rounded mean of its
+    folds' best epochs, without early stopping. Stores study user attrs ``test_metrics``, ``model_path``,
+    ``best_epoch`` and ``best_trial_number``; returns the test metrics. Finalising the same best trial
+    again returns the stored metrics without touching the test set.
+    """
+    best = study.best_trial  # ValueError when no trial completed
+    attrs = study.user_attrs
+    if attrs.get("best_trial_number") == best.number and "test_metrics" in attrs:
+        return dict(attrs["test_metrics"])
+    dev = resolve_device(device)
+    params = dict(best.params)
+    seed = spec.split.seed + best.number
+    if spec.split.validation.kind == "kfold":
+        fold = data.full()
+        epochs = int(best.user_attrs.get("best_epoch") or spec.budget.max_epochs)
+        model, _ = train_on_fold(spec, data, fold, params, seed=seed, device=dev, max_epochs=epochs)
+    else:
+        fold = data.folds[0]
+        epochs = int(best.user_attrs.get("best_epoch", 0))
+        state_path = best.user_attrs.get("state_path")
+        if state_path and Path(state_path).is_file():
+            from tuner.models import build_model
+
+            model = build_model(spec.model, params, data.n_features, data.n_outputs, input_shape=data.input_shape)
+            model.load_state_dict(torch.load(state_path, map_location="cpu", weights_only=True))
+            model.to(dev)
+        else:
+            model, _ = train_on_fold(spec, data, fold, params, seed=seed, device=dev)
+    test = data.take_test()
+    pre = fold.preprocessor
+    X = torch.from_numpy(pre.transform(test.frame)).to(dev)
+    if data.task == "classification":
+        y_t = torch.from_numpy(np.asarray(test.y, dtype=np.int64)).to(dev)
+    else:
+        y_t = torch.from_numpy(pre.transform_target(test.y).astype(np.float32)).to(dev)
+    loss, outputs = evaluate(model, X, y_t, data.task)
+    if data.task == "regression":
+        outputs = pre.inverse_target(outputs)
+    metrics = compute_metrics(data.task, test.y, outputs, loss)
+    metrics["n_test"] = int(len(test.y))
+    model_path = Path(artifacts_dir) / study.study_name / "best-model.pt"
+    save_model(
+        model_path, model, spec=spec, data=data, preprocessor=pre, params=params,
+        extra={"study_name": study.study_name, "trial_number": best.number, "epochs": epochs,
+               "validation_value": best.value, "test_metrics": metrics},
+    )
+    study.set_user_attr("test_metrics", metrics)
+    study.set_user_attr("model_path", str(model_path))
+    study.set_user_attr("best_epoch", epochs)
+    study.set_user_attr("best_trial_number", best.number)
+    return metrics
+
+
+def build_result(study: optuna.Study, *, status: str | None = None) -> dict[str, Any]:
+    """The run's summary: status, study name, best trial, test metrics, model path and trial counts.
+
+    ``status`` defaults to ``completed`` when the study holds test metrics, else ``no_result`` when no
+    trial completed, else ``searched`` (search done, not finalised).
+    """
+    counts = trial_counts(study)
+    attrs = study.user_attrs
+    best_trial: dict[str, Any] | None = None
+    try:
+        bt = study.best_trial
+        best_trial = {
+            "number": bt.number,
+            "params": bt.params,
+            "value": bt.value,
+            "best_epoch": bt.user_attrs.get("best_epoch"),
+        }
+    except ValueError:
+        pass
+    if status is None:
+        status = "completed" if "test_metrics" in attrs else "no_result" if best_trial is None else "searched"
+    return {
+        "status": status,
+        "study_name": study.study_name,
+        "best_trial": best_trial,
+        "test_metrics": attrs.get("test_metrics"),
+        "model_path": attrs.get("model_path"),
+        "counts": counts.as_dict(),
+    }
+
+
+def _default_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def run(
+    spec: JobSpec,
+    *,
+    storage: str | optuna.storages.BaseStorage | None = None,
+    study_name: str | None = None,
+    artifacts_dir: Path = Path("artifacts"),
+    progress: bool = True,
+    device: str = "cpu",
+    num_threads: int | None = None,
+) -> dict[str, Any]:
+    """Run a whole job in this process: search (only the trials still missing), finalise, summarise.
+
+    ``KeyboardInterrupt`` stops the search cleanly: finished trials stay in the storage and the result
+    has status ``interrupted`` (test set untouched).
+    """
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(num_threads or _default_threads())
+    try:
+        data = prepare_data(spec)
+        study = open_study(spec, storage, study_name)
+        objective = Objective(
+            spec, data, device=device, worker_id=f"{socket.gethostname()}:{os.getpid()}",
+            artifacts_dir=Path(artifacts_dir),
+        )
+        remaining = spec.budget.n_trials - trial_counts(study).counted
+        try:
+            if remaining > 0:
+                optimize(study, objective, n_trials=remaining, timeout_s=spec.budget.timeout_s, progress=progress)
+        except KeyboardInterrupt:
+            return build_result(study, status="interrupted")
+        if trial_counts(study).complete == 0:
+            return build_result(study, status="no_result")
+        finalize(study, spec, data, artifacts_dir=Path(artifacts_dir), device=device)
+        return build_result(study, status="completed")
+    finally:
+        torch.set_num_threads(previous_threads)
