@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -84,7 +85,7 @@ class DatasetSpec(_Model):
             raise ValueError("give exactly one of 'builtin', 'path' or 'id'")
         if self.path is not None and Path(self.path).suffix.lower() in (".csv", ".parquet", ".pq"):
             if not self.target:
-                raise ValueError("'target' is required for a CSV or Parquet file")
+                raise ValueError("target: is required for a CSV or Parquet file")
         if self.builtin is not None and self.task is not None and self.task != BUILTIN_DATASETS[self.builtin]:
             raise ValueError(f"task: the builtin data set '{self.builtin}' is {BUILTIN_DATASETS[self.builtin]}")
         return self
@@ -260,10 +261,12 @@ class PrunerSpec(BaseModel):
         """The Optuna pruner this spec names (``patient`` wraps a median pruner)."""
         cls = _PRUNERS[self.kind]
         assert cls is not None
-        if self.kind == "patient":
-            params = {"patience": 3, **self.params}
-            return optuna.pruners.PatientPruner(optuna.pruners.MedianPruner(), **params)
-        return cls(**self.params)
+        with warnings.catch_warnings():  # Wilcoxon/Patient are "experimental" in Optuna; that is not news here
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            if self.kind == "patient":
+                params = {"patience": 3, **self.params}
+                return optuna.pruners.PatientPruner(optuna.pruners.MedianPruner(), **params)
+            return cls(**self.params)
 
 
 class SamplerSpec(BaseModel):
@@ -429,13 +432,22 @@ def parse_spec(data: dict[str, Any]) -> JobSpec:
 def load_spec(path: str | Path) -> JobSpec:
     """Read a spec from a JSON or YAML file and validate it."""
     path = Path(path)
-    text = path.read_text()
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SpecError([f"(spec): cannot read {path}: {exc.strerror or exc}"]) from None
     if path.suffix.lower() in (".yaml", ".yml"):
         import yaml
 
-        data = yaml.safe_load(text)
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise SpecError([f"(spec): {path} is not valid YAML: {exc}"]) from None
     else:
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SpecError([f"(spec): {path} is not valid JSON: {exc}"]) from None
     if not isinstance(data, dict):
         raise SpecError([f"(spec): {path} must hold a mapping"])
     return parse_spec(data)

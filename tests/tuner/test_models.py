@@ -1,0 +1,64 @@
+"""Model construction: shapes, depth/width overrides, dropout placement and initialisation by activation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from tuner.models import CNN, MLP, build_model, hidden_layers, init_scheme
+from tuner.spec import ModelSpec
+
+
+def test_mlp_shape_and_dropout_after_each_hidden_layer() -> None:
+    model = build_model(ModelSpec(hidden=[16, 8]), {"dropout": 0.3}, 5, 3)
+    assert isinstance(model, MLP)
+    kinds = [type(m).__name__ for m in model.net]
+    assert kinds == ["Linear", "ReLU", "Dropout", "Linear", "ReLU", "Dropout", "Linear"]
+    assert all(m.p == 0.3 for m in model.net if isinstance(m, nn.Dropout))
+    assert model(torch.zeros(4, 5)).shape == (4, 3)
+
+
+def test_depth_and_width_override_hidden() -> None:
+    spec = ModelSpec(hidden=[32, 16])
+    assert hidden_layers(spec, {}) == [32, 16]
+    assert hidden_layers(spec, {"n_layers": 3, "hidden_units": 10}) == [10, 10, 10]
+    assert hidden_layers(spec, {"hidden_units": 7}) == [7, 7]
+    assert hidden_layers(spec, {"n_layers": 1}) == [32]
+    assert hidden_layers(spec, {"n_layers": 3}) == [32, 16, 16]
+
+
+def test_cnn_for_digits_shape_with_dropout2d() -> None:
+    spec = ModelSpec(kind="cnn", channels=[4, 8], hidden=[16])
+    model = build_model(spec, {"dropout": 0.1}, 64, 10, input_shape=(1, 8, 8))
+    assert isinstance(model, CNN)
+    assert sum(isinstance(m, nn.Dropout2d) for m in model.features) == 2
+    assert model(torch.zeros(3, 64)).shape == (3, 10)
+    with pytest.raises(ValueError):
+        build_model(spec, {}, 63, 10, input_shape=(1, 8, 8))
+
+
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu", "elu", "gelu"])
+def test_he_init_for_relu_family(activation: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(ModelSpec(hidden=[400], activation=activation), {}, 1000, 2)
+    w = model.net[0].weight.detach()
+    assert init_scheme(activation) == "he"
+    gain = math.sqrt(2.0 / (1 + 0.01**2)) if activation == "leaky_relu" else math.sqrt(2.0)
+    assert float(w.std()) == pytest.approx(gain / math.sqrt(1000), rel=0.03)
+    assert float(w.abs().max()) > math.sqrt(6.0 / 1400)  # a normal draw, not Xavier-uniform's bound
+    assert float(model.net[0].bias.abs().max()) == 0.0
+
+
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid"])
+def test_xavier_init_for_tanh_and_sigmoid(activation: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(ModelSpec(hidden=[400], activation=activation), {}, 1000, 2)
+    w = model.net[0].weight.detach()
+    assert init_scheme(activation) == "xavier"
+    gain = nn.init.calculate_gain(activation)
+    bound = gain * math.sqrt(6.0 / (1000 + 400))
+    assert float(w.abs().max()) <= bound + 1e-6
+    assert float(w.std()) == pytest.approx(bound / math.sqrt(3), rel=0.03)

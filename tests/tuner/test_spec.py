@@ -1,0 +1,79 @@
+"""Spec validation: every error names the field and the reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tuner.spec import SpecError, load_spec, parse_spec
+
+from .conftest import spec_dict
+
+
+def _errors(**over: object) -> list[str]:
+    with pytest.raises(SpecError) as exc:
+        parse_spec(spec_dict(**over))
+    return exc.value.errors
+
+
+@pytest.mark.parametrize(
+    ("over", "message"),
+    [
+        ({"split": {"validation": {"kind": "kfold", "k": 1}}}, "split.validation.k: must be at least 2"),
+        ({"search_space": {"lr": {"low": -1, "high": 1, "log": True}}}, "search_space.lr.low: must be > 0 on a log scale"),
+        ({"search_space": {"lr": {"low": 1, "high": 0.1}}}, "search_space.lr.low: must be <= high"),
+        ({"search_space": {"batch_size": {"choices": [16.5]}}}, "search_space.batch_size: values must be integers, got 16.5"),
+        ({"search_space": {"dropout": {"value": 0.99}}}, "search_space.dropout: 0.99 is outside the allowed range [0, 0.95]"),
+        ({"search_space": {"optimizer": {"choices": ["rmsprop"]}}},
+         "search_space.optimizer: unknown optimizer 'rmsprop' (known: adam, adamw, sgd)"),
+        ({"objective": "r2"}, "objective: 'r2' needs a regression task, but the task is classification"),
+        ({"pruner": {"kind": "wilcoxon"}},
+         "pruner.kind: the wilcoxon pruner compares per-fold scores and needs split.validation.kind 'kfold'"),
+        ({"budget": {"n_trials": 0}}, "budget.n_trials: must be at least 1"),
+        ({"split": {"test_fraction": 1.5}}, "split.test_fraction: must be < 1.0"),
+        ({"surprise": 1}, "surprise: unknown field"),
+        ({"model": {"kind": "cnn"}}, "model.input_shape: required for a CNN on this data set"),
+        ({"dataset": {"builtin": "iris", "task": "regression"}},
+         "dataset.task: the builtin data set 'iris' is classification"),
+    ],
+)
+def test_error_messages(over: dict, message: str) -> None:
+    assert message in _errors(**over)
+
+
+def test_unknown_hyperparameter_and_pruner_argument() -> None:
+    errs = _errors(search_space={"depth": {"value": 2}})
+    assert errs[0].startswith("search_space.depth: unknown hyperparameter (known: lr, dropout")
+    errs = _errors(pruner={"kind": "median", "bogus": 1})
+    assert errs[0].startswith("pruner.bogus: not a parameter of the median pruner")
+
+
+def test_csv_needs_target_and_one_source() -> None:
+    with pytest.raises(SpecError) as exc:
+        parse_spec({"name": "c", "dataset": {"path": "train.csv"}})
+    assert exc.value.errors == ["dataset.target: is required for a CSV or Parquet file"]
+    with pytest.raises(SpecError) as exc:
+        parse_spec({"name": "c", "dataset": {"builtin": "iris", "path": "x.npz"}})
+    assert exc.value.errors == ["dataset: give exactly one of 'builtin', 'path' or 'id'"]
+
+
+def test_defaults_and_direction() -> None:
+    spec = parse_spec({"name": "d", "dataset": {"builtin": "diabetes"}, "objective": "r2"})
+    assert spec.direction == "maximize"
+    assert set(spec.effective_search_space()) == {"lr", "dropout", "batch_size", "weight_decay"}
+    assert spec.split.validation.kind == "holdout"
+    assert parse_spec({"name": "d", "dataset": {"builtin": "iris"}}).direction == "minimize"
+
+
+def test_load_yaml_and_bad_files(tmp_path: Path) -> None:
+    good = tmp_path / "s.yaml"
+    good.write_text("name: y\ndataset: {builtin: wine}\nsplit: {validation: {kind: kfold, k: 3}}\n")
+    assert load_spec(good).split.validation.k == 3  # type: ignore[union-attr]
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(SpecError) as exc:
+        load_spec(bad)
+    assert exc.value.errors[0].startswith("(spec): ")
+    with pytest.raises(SpecError):
+        load_spec(tmp_path / "missing.json")

@@ -1,0 +1,103 @@
+"""The training loop: early stopping keeps the best epoch's weights; failures and stops are raised."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from tuner.errors import StopRequested, TrialConfigError
+from tuner.training import TrainConfig, evaluate, fit, predict_outputs
+
+
+def _data(n: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, 4, generator=g)
+    return X, (X[:, 0] > 0).long()
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Dropout(0.2), nn.Linear(8, 2))
+
+
+def _scripted(values: list[float], key: str = "loss"):
+    """A validation 'metric' that returns scripted values, epoch after epoch."""
+    it = iter(values)
+    return lambda outputs, loss: {key: next(it)}
+
+
+def test_early_stopping_restores_best_epoch_weights() -> None:
+    model = _model()
+    snapshots: dict[int, dict[str, torch.Tensor]] = {}
+
+    def on_epoch(epoch: int, value: float) -> None:
+        snapshots[epoch] = {k: v.clone() for k, v in model.state_dict().items()}
+
+    values = [5.0, 4.0, 3.0, 3.5, 4.0, 4.5, 5.0, 6.0, 7.0, 8.0]
+    cfg = TrainConfig(lr=0.05, batch_size=16, max_epochs=10, patience=3)
+    result = fit(model, _data(), _data(seed=1), cfg, task="classification",
+                 val_metrics_fn=_scripted(values), on_epoch=on_epoch)
+    assert result.best_epoch == 3 and result.best_value == 3.0
+    assert result.epochs_run == 6 and result.val_curve == values[:6]
+    assert len(result.train_curve) == 6
+    final = model.state_dict()
+    for k, v in snapshots[3].items():
+        assert torch.equal(final[k], v)
+    assert not torch.equal(final["0.weight"], snapshots[6]["0.weight"])
+    assert not model.training
+
+
+def test_min_delta_and_maximize_direction() -> None:
+    cfg = TrainConfig(lr=0.01, batch_size=16, max_epochs=10, patience=2, min_delta=0.05)
+    result = fit(_model(), _data(), _data(seed=1), cfg, task="classification",
+                 val_metrics_fn=_scripted([1.0, 0.98, 0.97, 0.9]))
+    assert result.best_epoch == 1 and result.epochs_run == 3
+    cfg = TrainConfig(lr=0.01, batch_size=16, max_epochs=5, patience=2, objective="accuracy", direction="maximize")
+    result = fit(_model(), _data(), _data(seed=1), cfg, task="classification",
+                 val_metrics_fn=_scripted([0.5, 0.7, 0.6, 0.65, 0.9], "accuracy"))
+    assert result.best_epoch == 2 and result.best_value == 0.7 and result.epochs_run == 4
+
+
+def test_real_training_learns_and_without_validation_runs_all_epochs() -> None:
+    model = _model()
+    cfg = TrainConfig(lr=0.05, batch_size=16, max_epochs=15, patience=15)
+    result = fit(model, _data(256), _data(128, seed=1), cfg, task="classification")
+    assert result.val_metrics is not None and result.val_metrics["accuracy"] > 0.85
+    assert result.train_curve[-1] < result.train_curve[0]
+    result = fit(_model(), _data(), None, TrainConfig(lr=0.01, batch_size=8, max_epochs=4), task="classification")
+    assert result.epochs_run == 4 and result.best_epoch == 4 and result.val_curve == []
+
+
+def test_evaluation_is_deterministic_in_eval_mode() -> None:
+    model = _model()
+    X, y = _data()
+    a = predict_outputs(model, X, batch=10)
+    b = predict_outputs(model, X)
+    assert torch.allclose(a, b) and not model.training
+    loss, proba = evaluate(model, X, y, "classification")
+    assert proba.shape == (64, 2) and np.allclose(proba.sum(1), 1, atol=1e-5) and loss > 0
+
+
+def test_diverging_loss_raises_config_error() -> None:
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(64, 4, generator=g) * 10
+    y = X.sum(1) * 100
+    model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 1))
+    cfg = TrainConfig(lr=10.0, batch_size=8, max_epochs=20, optimizer="sgd", momentum=0.9)
+    with pytest.raises(TrialConfigError, match="loss is"):
+        fit(model, (X, y), None, cfg, task="regression")
+
+
+def test_should_stop_is_checked_at_epoch_boundaries() -> None:
+    calls: list[int] = []
+
+    def should_stop() -> bool:
+        calls.append(1)
+        return len(calls) > 2
+
+    with pytest.raises(StopRequested):
+        fit(_model(), _data(), _data(seed=1), TrainConfig(lr=0.01, batch_size=16, max_epochs=10, patience=10),
+            task="classification", should_stop=should_stop)
+    assert len(calls) == 3
