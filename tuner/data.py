@@ -390,7 +390,7 @@ def prepare_data(spec: JobSpec, *, resolve_upload: Callable[[str], Path] | None 
         raise SpecError(errors)
     classes: list[Any] | None = None
     if task == "classification":
-        uniq, y = np.unique(np.asarray(y_raw).astype(str) if categorical_target(y_raw) else y_raw, return_inverse=True)
+        uniq, y = np.unique(np.asarray(y_raw).astype(str) if _categorical_target(y_raw) else y_raw, return_inverse=True)
         if len(uniq) < 2:
             raise SpecError(["dataset.target: a classification target needs at least two classes"])
         classes = [_plain(v) for v in uniq]
@@ -400,7 +400,7 @@ def prepare_data(spec: JobSpec, *, resolve_upload: Callable[[str], Path] | None 
             y = np.asarray(y_raw, dtype=np.float64)
         except (TypeError, ValueError):
             raise SpecError(["dataset.task: a regression target must be numeric"]) from None
-    shape = _input_shape(spec, raw.input_shape, frame.shape[1] + 0)
+    shape = _input_shape(spec, raw.input_shape)
     splits = split_indices(spec, y, task)
     dev_frame = frame.iloc[splits.dev].reset_index(drop=True)
     # The one-hot vocabulary comes from the non-test rows so every fold has the same columns.
@@ -426,7 +426,7 @@ def prepare_data(spec: JobSpec, *, resolve_upload: Callable[[str], Path] | None 
     return data
 
 
-def categorical_target(y: np.ndarray) -> bool:
+def _categorical_target(y: np.ndarray) -> bool:
     """Whether a target holds non-numeric labels (they are compared as strings)."""
     s = pd.Series(y)
     return not pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s)
@@ -436,7 +436,7 @@ def _plain(v: Any) -> Any:
     return v.item() if isinstance(v, np.generic) else v
 
 
-def _input_shape(spec: JobSpec, inferred: tuple[int, int, int] | None, n_raw: int) -> tuple[int, int, int] | None:
+def _input_shape(spec: JobSpec, inferred: tuple[int, int, int] | None) -> tuple[int, int, int] | None:
     if spec.model.input_shape is not None:
         c, h, w = spec.model.input_shape
         return (c, h, w)

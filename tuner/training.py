@@ -143,17 +143,18 @@ def fit(
             raise StopRequested(f"stop requested before epoch {epoch}")
         model.train()
         perm = torch.randperm(n, generator=generator).to(X.device)
-        total = 0.0
+        total = torch.zeros((), device=X.device)
         for start in range(0, n, cfg.batch_size):
             idx = perm[start : start + cfg.batch_size]
             optimizer.zero_grad(set_to_none=True)
             loss = criterion(model(X[idx]), y[idx])
-            if not torch.isfinite(loss):
-                raise TrialConfigError(f"training loss is {float(loss)} at epoch {epoch}")
             loss.backward()
             optimizer.step()
-            total += float(loss.detach()) * len(idx)
-        result.train_curve.append(total / max(n, 1))
+            total += loss.detach() * len(idx)  # summed on the device: no host sync per batch
+        train_loss = float(total) / max(n, 1)
+        if not math.isfinite(train_loss):  # NaN/inf anywhere in the epoch propagates into the sum
+            raise TrialConfigError(f"training loss is {train_loss} at epoch {epoch}")
+        result.train_curve.append(train_loss)
         result.epochs_run = epoch
         if val is None:
             continue

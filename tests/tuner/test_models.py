@@ -49,7 +49,7 @@ def test_he_init_for_relu_family(activation: str) -> None:
     gain = math.sqrt(2.0 / (1 + 0.01**2)) if activation == "leaky_relu" else math.sqrt(2.0)
     assert float(w.std()) == pytest.approx(gain / math.sqrt(1000), rel=0.03)
     assert float(w.abs().max()) > math.sqrt(6.0 / 1400)  # a normal draw, not Xavier-uniform's bound
-    assert float(model.net[0].bias.abs().max()) == 0.0
+    assert float(model.net[0].bias.detach().abs().max()) == 0.0
 
 
 @pytest.mark.parametrize("activation", ["tanh", "sigmoid"])

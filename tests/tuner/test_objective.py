@@ -1,0 +1,116 @@
+"""The Optuna objective: reporting, user attributes, pruning, K-fold, failures and stops."""
+
+from __future__ import annotations
+
+import numpy as np
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from tuner.data import prepare_data
+from tuner.errors import StopRequested
+from tuner.objective import Objective
+from tuner.runner import open_study, optimize, trial_counts
+
+from .conftest import make_spec
+
+ALWAYS_PRUNE = optuna.pruners.ThresholdPruner(upper=-1e9)  # any value is "too high" -> prune at once
+
+
+def _study(spec, pruner=None) -> optuna.Study:
+    study = open_study(spec, None)
+    if pruner is not None:
+        study.pruner = pruner
+    return study
+
+
+def test_holdout_reports_every_epoch_and_records_user_attrs() -> None:
+    spec = make_spec(search_space={"dropout": {"value": 0.1}, "optimizer": {"choices": ["sgd"]}})
+    data = prepare_data(spec)
+    study = _study(spec)
+    optimize(study, Objective(spec, data, worker_id="host:1"), n_trials=2, timeout_s=None)
+    for t in study.trials:
+        assert t.state == TrialState.COMPLETE
+        ua = t.user_attrs
+        assert set(ua) >= {"best_epoch", "train_curve", "val_curve", "duration_s", "val_metrics", "worker"}
+        assert ua["worker"] == "host:1"
+        assert sorted(t.intermediate_values) == list(range(1, len(ua["val_curve"]) + 1))
+        assert list(t.intermediate_values.values()) == pytest.approx(ua["val_curve"])
+        assert t.value == pytest.approx(min(ua["val_curve"]))
+        assert t.value == pytest.approx(ua["val_curve"][ua["best_epoch"] - 1])
+        assert ua["val_metrics"]["loss"] == pytest.approx(t.value)
+        assert t.params["dropout"] == 0.1 and t.params["optimizer"] == "sgd"
+        assert isinstance(t.params["batch_size"], int)
+    assert data.test_access_count == 0
+
+
+def test_pruned_trials_end_pruned() -> None:
+    spec = make_spec()
+    study = _study(spec, ALWAYS_PRUNE)
+    optimize(study, Objective(spec, prepare_data(spec)), n_trials=2, timeout_s=None)
+    assert [t.state for t in study.trials] == [TrialState.PRUNED] * 2
+    assert list(study.trials[0].intermediate_values) == [1]
+    assert trial_counts(study).pruned == 2 and trial_counts(study).counted == 2
+
+
+def test_median_pruner_prunes_a_hopeless_trial() -> None:
+    spec = make_spec(pruner={"kind": "median", "n_startup_trials": 1, "n_warmup_steps": 0},
+                     budget={"max_epochs": 6})
+    study = _study(spec)
+    study.enqueue_trial({"lr": 0.03, "batch_size": 16})
+    study.enqueue_trial({"lr": 0.001, "batch_size": 32})
+    optimize(study, Objective(spec, prepare_data(spec)), n_trials=2, timeout_s=None)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.PRUNED]
+
+
+def test_kfold_reports_running_mean_per_fold() -> None:
+    spec = make_spec(split={"validation": {"kind": "kfold", "k": 3}}, objective="accuracy")
+    study = _study(spec)
+    optimize(study, Objective(spec, prepare_data(spec)), n_trials=1, timeout_s=None)
+    t = study.trials[0]
+    folds = t.user_attrs["fold_values"]
+    assert len(folds) == 3 and len(t.user_attrs["fold_best_epochs"]) == 3
+    assert t.value == pytest.approx(np.mean(folds))
+    assert [t.intermediate_values[i] for i in range(3)] == pytest.approx(
+        [np.mean(folds[: i + 1]) for i in range(3)]
+    )
+    assert t.user_attrs["best_epoch"] == max(1, round(np.mean(t.user_attrs["fold_best_epochs"])))
+    assert len(t.user_attrs["val_curve"]) == 3
+
+
+def test_kfold_wilcoxon_reports_each_fold_and_prunes_by_fold() -> None:
+    spec = make_spec(split={"validation": {"kind": "kfold", "k": 3}}, pruner={"kind": "wilcoxon"})
+    study = _study(spec)
+    optimize(study, Objective(spec, prepare_data(spec)), n_trials=1, timeout_s=None)
+    t = study.trials[0]
+    assert [t.intermediate_values[i] for i in range(3)] == pytest.approx(t.user_attrs["fold_values"])
+    study = _study(make_spec(name="k2", split={"validation": {"kind": "kfold", "k": 3}}), ALWAYS_PRUNE)
+    optimize(study, Objective(spec, prepare_data(spec)), n_trials=1, timeout_s=None)
+    assert study.trials[0].state == TrialState.PRUNED and list(study.trials[0].intermediate_values) == [0]
+
+
+def test_diverging_trial_is_a_recorded_config_failure() -> None:
+    spec = make_spec(
+        dataset={"builtin": "diabetes"}, split={"stratify": None},
+        search_space={"lr": {"value": 10.0}, "optimizer": {"value": "sgd"}, "momentum": {"value": 0.99},
+                      "batch_size": {"value": 8}},
+    )
+    study = _study(spec)
+    optimize(study, Objective(spec, prepare_data(spec)), n_trials=2, timeout_s=None)  # does not raise
+    for t in study.trials:
+        assert t.state == TrialState.FAIL
+        assert t.system_attrs["failure"] == "config"
+        assert "loss is" in t.user_attrs["fail_reason"] or "validation" in t.user_attrs["fail_reason"]
+    counts = trial_counts(study)
+    assert counts.config_failed == 2 and counts.failed == 0 and counts.counted == 2
+
+
+def test_stop_requested_interrupts_without_counting() -> None:
+    spec = make_spec()
+    study = _study(spec)
+    with pytest.raises(StopRequested):
+        optimize(study, Objective(spec, prepare_data(spec), should_stop=lambda: True), n_trials=3, timeout_s=None)
+    (t,) = study.trials
+    assert t.state == TrialState.FAIL and t.system_attrs["interrupted"] is True
+    counts = trial_counts(study)
+    assert counts.failed == 1 and counts.counted == 0

@@ -1,0 +1,141 @@
+"""Running a job: the test-once rule, test isolation, reproducibility, resume, finalisation and results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+from sklearn.datasets import load_iris
+
+import tuner.runner as runner_mod
+from tuner.data import prepare_data
+from tuner.objective import Objective
+from tuner.runner import build_result, finalize, open_study, optimize, run, trial_counts
+from tuner.spec import SpecError, parse_spec
+
+from .conftest import make_spec
+
+
+def _trials_signature(study: optuna.Study) -> list[tuple]:
+    return [(t.number, t.state, t.params, t.value, t.intermediate_values, t.user_attrs.get("val_curve"))
+            for t in study.trials]
+
+
+def test_test_set_scored_exactly_once(tmp_path: Path) -> None:
+    spec = make_spec()
+    data = prepare_data(spec)
+    study = open_study(spec, None)
+    optimize(study, Objective(spec, data, artifacts_dir=tmp_path), n_trials=3, timeout_s=None)
+    assert data.test_access_count == 0
+    metrics = finalize(study, spec, data, artifacts_dir=tmp_path)
+    assert data.test_access_count == 1
+    assert set(metrics) >= {"loss", "accuracy", "precision", "recall", "f1_macro", "roc_auc"}
+    assert finalize(study, spec, data, artifacts_dir=tmp_path) == metrics  # same best trial: stored result
+    assert data.test_access_count == 1
+    assert study.user_attrs["test_metrics"] == metrics
+    assert Path(study.user_attrs["model_path"]).is_file()
+    assert study.user_attrs["best_trial_number"] == study.best_trial.number
+
+
+def test_corrupted_test_rows_leave_the_search_unchanged(tmp_path: Path) -> None:
+    X, y = load_iris(return_X_y=True)
+    frame = pd.DataFrame(X, columns=list("abcd")).assign(label=y)
+    path = tmp_path / "iris.csv"
+    spec = parse_spec({
+        "name": "iso", "dataset": {"path": str(path), "target": "label"}, "model": {"hidden": [8]},
+        "split": {"stratify": False, "seed": 3}, "budget": {"n_trials": 3, "max_epochs": 4},
+        "pruner": {"kind": "median", "n_startup_trials": 1}, "sampler": {"kind": "tpe", "seed": 2},
+    })
+    signatures = []
+    for corrupt in (False, True):
+        if corrupt:
+            test_rows = prepare_data(spec).splits.test
+            frame.loc[test_rows, "label"] = (frame.loc[test_rows, "label"] + 1) % 3
+            frame.loc[test_rows, ["a", "b", "c", "d"]] *= 1000.0
+        frame.to_csv(path, index=False)
+        data = prepare_data(spec)
+        study = open_study(spec, None)
+        optimize(study, Objective(spec, data), n_trials=3, timeout_s=None)
+        assert data.test_access_count == 0
+        signatures.append(_trials_signature(study))
+    assert signatures[0] == signatures[1]
+
+
+def test_same_spec_and_seed_reproduce_params_and_values() -> None:
+    spec = make_spec(sampler={"kind": "tpe", "seed": 7}, pruner={"kind": "median", "n_startup_trials": 1},
+                     search_space={"dropout": {"low": 0.0, "high": 0.3}})
+    runs = []
+    for _ in range(2):
+        study = open_study(spec, None)
+        optimize(study, Objective(spec, prepare_data(spec)), n_trials=3, timeout_s=None)
+        runs.append(_trials_signature(study))
+    assert runs[0] == runs[1]
+
+
+def test_run_end_to_end_resume_and_result(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'runs.db'}"
+    spec = make_spec(budget={"n_trials": 2})
+    result = run(spec, storage=storage, artifacts_dir=tmp_path / "art", progress=False, num_threads=1)
+    assert result["status"] == "completed" and result["study_name"] == "tiny"
+    assert set(result["best_trial"]) == {"number", "params", "value", "best_epoch"}
+    assert result["counts"]["counted"] == 2 and result["model_path"].endswith("best-model.pt")
+    bigger = make_spec(budget={"n_trials": 3})
+    result = run(bigger, storage=storage, artifacts_dir=tmp_path / "art", progress=False)
+    assert result["counts"]["complete"] == 3  # one more trial, not three
+    result = run(bigger, storage=storage, artifacts_dir=tmp_path / "art", progress=False)
+    assert result["counts"]["complete"] == 3
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    assert "spec" in study.user_attrs and "test_metrics" in study.user_attrs
+    assert build_result(study)["status"] == "completed"
+    with pytest.raises(SpecError, match="already exists with a different spec"):
+        open_study(make_spec(objective="accuracy"), storage)
+
+
+def test_keyboard_interrupt_keeps_finished_trials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    class InterruptAtSecond(Objective):
+        def __call__(self, trial):  # type: ignore[no-untyped-def]
+            if trial.number == 1:
+                raise KeyboardInterrupt
+            return super().__call__(trial)
+
+    monkeypatch.setattr(runner_mod, "Objective", InterruptAtSecond)
+    storage = f"sqlite:///{tmp_path / 'runs.db'}"
+    spec = make_spec(budget={"n_trials": 3})
+    result = run(spec, storage=storage, artifacts_dir=tmp_path, progress=False)
+    assert result["status"] == "interrupted" and result["test_metrics"] is None
+    assert result["counts"]["complete"] == 1 and result["counts"]["counted"] == 1
+    monkeypatch.setattr(runner_mod, "Objective", Objective)
+    result = run(spec, storage=storage, artifacts_dir=tmp_path, progress=False)
+    assert result["status"] == "completed" and result["counts"]["complete"] == 3
+
+
+def test_kfold_refit_uses_mean_best_epoch(tmp_path: Path) -> None:
+    spec = make_spec(split={"validation": {"kind": "kfold", "k": 3}}, objective="f1_macro")
+    data = prepare_data(spec)
+    study = open_study(spec, None)
+    optimize(study, Objective(spec, data), n_trials=2, timeout_s=None)
+    metrics = finalize(study, spec, data, artifacts_dir=tmp_path)
+    best = study.best_trial
+    assert study.user_attrs["best_epoch"] == max(1, round(np.mean(best.user_attrs["fold_best_epochs"])))
+    assert data.test_access_count == 1 and 0 <= metrics["f1_macro"] <= 1
+
+
+def test_regression_run_metrics(tmp_path: Path) -> None:
+    spec = make_spec(dataset={"builtin": "diabetes"}, split={"stratify": None}, objective="mae",
+                     budget={"n_trials": 2, "max_epochs": 3})
+    result = run(spec, artifacts_dir=tmp_path, progress=False)
+    assert set(result["test_metrics"]) >= {"loss", "mse", "mae", "r2"}
+    assert result["best_trial"]["value"] > 1.0  # MAE in the target's units, not standardised
+
+
+def test_counts_and_no_result(tmp_path: Path) -> None:
+    spec = make_spec(search_space={"lr": {"value": 10.0}, "optimizer": {"value": "sgd"},
+                                   "momentum": {"value": 0.99}, "batch_size": {"value": 4}},
+                     dataset={"builtin": "diabetes"}, split={"stratify": None})
+    result = run(spec, progress=False, artifacts_dir=tmp_path)
+    assert result["status"] == "no_result" and result["best_trial"] is None
+    assert result["counts"]["config_failed"] == 3
+    assert trial_counts(open_study(spec, None)).counted == 0  # a fresh in-memory study
