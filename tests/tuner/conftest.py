@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -30,13 +31,27 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def make_spec(**over: Any) -> JobSpec:
-    """The tiny base spec with top-level sections updated key by key (dicts) or replaced (other values)."""
+def _make_spec(**over: Any) -> JobSpec:
     return parse_spec(_merge(BASE, over))
 
 
-def spec_dict(**over: Any) -> dict[str, Any]:
+def _spec_dict(**over: Any) -> dict[str, Any]:
     return _merge(BASE, over)
+
+
+# Helpers are fixtures (not imports) so the test folder needs no __init__.py: a package named
+# ``tuner`` under tests/ would shadow the real ``tuner`` package.
+@pytest.fixture
+def make_spec() -> Callable[..., JobSpec]:
+    """``make_spec(**over)``: the tiny base spec with top-level sections updated key by key (dicts) or
+    replaced (other values)."""
+    return _make_spec
+
+
+@pytest.fixture
+def spec_dict() -> Callable[..., dict[str, Any]]:
+    """``spec_dict(**over)``: like ``make_spec`` but the raw dict, unvalidated."""
+    return _spec_dict
 
 
 @pytest.fixture(autouse=True)

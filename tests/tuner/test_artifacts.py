@@ -15,7 +15,6 @@ from tuner.objective import Objective
 from tuner.runner import finalize, open_study, optimize
 from tuner.training import evaluate
 
-from .conftest import make_spec
 
 
 def _search_and_finalize(spec, tmp_path: Path, *, save_states: bool = True):  # type: ignore[no-untyped-def]
@@ -26,7 +25,7 @@ def _search_and_finalize(spec, tmp_path: Path, *, save_states: bool = True):  # 
     return data, study, load_model(study.user_attrs["model_path"])
 
 
-def test_reload_reproduces_validation_value_and_predictions(tmp_path: Path) -> None:
+def test_reload_reproduces_validation_value_and_predictions(make_spec, tmp_path: Path) -> None:
     spec = make_spec()
     data, study, loaded = _search_and_finalize(spec, tmp_path)
     best = study.best_trial
@@ -43,7 +42,7 @@ def test_reload_reproduces_validation_value_and_predictions(tmp_path: Path) -> N
     assert loaded.classes == [0, 1, 2] and loaded.params == best.params
 
 
-def test_without_saved_states_finalize_retrains_the_same_weights(tmp_path: Path) -> None:
+def test_without_saved_states_finalize_retrains_the_same_weights(make_spec, tmp_path: Path) -> None:
     spec = make_spec()
     data, study, loaded = _search_and_finalize(spec, tmp_path, save_states=False)
     assert "state_path" not in study.best_trial.user_attrs
@@ -52,7 +51,7 @@ def test_without_saved_states_finalize_retrains_the_same_weights(tmp_path: Path)
     assert loss == pytest.approx(study.best_value, rel=1e-5)
 
 
-def test_regression_model_predicts_in_target_units(tmp_path: Path) -> None:
+def test_regression_model_predicts_in_target_units(make_spec, tmp_path: Path) -> None:
     spec = make_spec(dataset={"builtin": "diabetes"}, split={"stratify": None}, objective="mse")
     data, study, loaded = _search_and_finalize(spec, tmp_path)
     fold = data.folds[0]
@@ -63,7 +62,7 @@ def test_regression_model_predicts_in_target_units(tmp_path: Path) -> None:
         loaded.predict_proba(data.dev_frame.iloc[:3])
 
 
-def test_saved_file_is_weights_only_and_complete(tmp_path: Path) -> None:
+def test_saved_file_is_weights_only_and_complete(make_spec, tmp_path: Path) -> None:
     spec = make_spec(model={"kind": "cnn", "channels": [2], "hidden": [8]}, dataset={"builtin": "digits"},
                      budget={"n_trials": 2, "max_epochs": 2})
     _, study, loaded = _search_and_finalize(spec, tmp_path)

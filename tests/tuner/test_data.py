@@ -12,7 +12,6 @@ from sklearn.datasets import load_iris
 from tuner.data import infer_task, prepare_data
 from tuner.spec import SpecError, parse_spec
 
-from .conftest import make_spec
 
 
 def _csv_spec(path: Path, **over: object) -> object:
@@ -21,7 +20,7 @@ def _csv_spec(path: Path, **over: object) -> object:
     return parse_spec(d)
 
 
-def test_holdout_split_disjoint_and_complete() -> None:
+def test_holdout_split_disjoint_and_complete(make_spec) -> None:
     data = prepare_data(make_spec())
     s = data.splits
     assert len(np.intersect1d(s.dev, s.test)) == 0
@@ -32,7 +31,7 @@ def test_holdout_split_disjoint_and_complete() -> None:
     assert len(s.test) == 30 and len(va) == 30
 
 
-def test_stratified_test_split_keeps_class_proportions() -> None:
+def test_stratified_test_split_keeps_class_proportions(make_spec) -> None:
     data = prepare_data(make_spec(dataset={"builtin": "breast_cancer"}))
     dev_share = data.dev_y.mean()
     test_share = data.take_test().y.mean()
@@ -40,7 +39,7 @@ def test_stratified_test_split_keeps_class_proportions() -> None:
     assert np.bincount(prepare_data(make_spec()).take_test().y).tolist() == [10, 10, 10]
 
 
-def test_kfold_covers_every_non_test_row_once_and_is_stratified() -> None:
+def test_kfold_covers_every_non_test_row_once_and_is_stratified(make_spec) -> None:
     data = prepare_data(make_spec(split={"validation": {"kind": "kfold", "k": 4}}))
     val = np.concatenate([va for _, va in data.splits.folds])
     assert sorted(val.tolist()) == list(range(len(data.dev_y)))
@@ -52,7 +51,7 @@ def test_kfold_covers_every_non_test_row_once_and_is_stratified() -> None:
         assert fold.X_val is not None and len(fold.X_val) == len(va)
 
 
-def test_split_is_deterministic_by_seed() -> None:
+def test_split_is_deterministic_by_seed(make_spec) -> None:
     a, b = prepare_data(make_spec()), prepare_data(make_spec())
     c = prepare_data(make_spec(split={"seed": 5}))
     assert np.array_equal(a.splits.test, b.splits.test)
@@ -60,7 +59,7 @@ def test_split_is_deterministic_by_seed() -> None:
     assert not np.array_equal(a.splits.test, c.splits.test)
 
 
-def test_standardisation_uses_training_part_only() -> None:
+def test_standardisation_uses_training_part_only(make_spec) -> None:
     data = prepare_data(make_spec())
     fold = data.folds[0]
     train_rows = data.dev_frame.iloc[fold.train_idx].to_numpy()
@@ -142,7 +141,7 @@ def test_task_inference() -> None:
     assert infer_task(np.array([1.0, 2.0, 1.0])) == "classification"
 
 
-def test_regression_data_and_objective_mismatch(tmp_path: Path) -> None:
+def test_regression_data_and_objective_mismatch(make_spec, tmp_path: Path) -> None:
     data = prepare_data(make_spec(dataset={"builtin": "diabetes"}, split={"stratify": None}))
     assert data.task == "regression" and data.n_outputs == 1
     assert abs(float(data.folds[0].y_train.mean())) < 1e-5  # target standardised with training stats
@@ -156,7 +155,7 @@ def test_regression_data_and_objective_mismatch(tmp_path: Path) -> None:
     assert exc.value.errors == ["split.stratify: stratification needs a classification task"]
 
 
-def test_take_test_counts_accesses() -> None:
+def test_take_test_counts_accesses(make_spec) -> None:
     data = prepare_data(make_spec())
     assert data.test_access_count == 0
     assert not hasattr(data, "test")

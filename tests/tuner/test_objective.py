@@ -12,7 +12,6 @@ from tuner.errors import StopRequested
 from tuner.objective import Objective
 from tuner.runner import open_study, optimize, trial_counts
 
-from .conftest import make_spec
 
 ALWAYS_PRUNE = optuna.pruners.ThresholdPruner(upper=-1e9)  # any value is "too high" -> prune at once
 
@@ -24,7 +23,7 @@ def _study(spec, pruner=None) -> optuna.Study:
     return study
 
 
-def test_holdout_reports_every_epoch_and_records_user_attrs() -> None:
+def test_holdout_reports_every_epoch_and_records_user_attrs(make_spec) -> None:
     spec = make_spec(search_space={"dropout": {"value": 0.1}, "optimizer": {"choices": ["sgd"]}})
     data = prepare_data(spec)
     study = _study(spec)
@@ -44,7 +43,7 @@ def test_holdout_reports_every_epoch_and_records_user_attrs() -> None:
     assert data.test_access_count == 0
 
 
-def test_pruned_trials_end_pruned() -> None:
+def test_pruned_trials_end_pruned(make_spec) -> None:
     spec = make_spec()
     study = _study(spec, ALWAYS_PRUNE)
     optimize(study, Objective(spec, prepare_data(spec)), n_trials=2, timeout_s=None)
@@ -53,7 +52,7 @@ def test_pruned_trials_end_pruned() -> None:
     assert trial_counts(study).pruned == 2 and trial_counts(study).counted == 2
 
 
-def test_median_pruner_prunes_a_hopeless_trial() -> None:
+def test_median_pruner_prunes_a_hopeless_trial(make_spec) -> None:
     spec = make_spec(pruner={"kind": "median", "n_startup_trials": 1, "n_warmup_steps": 0},
                      budget={"max_epochs": 6})
     study = _study(spec)
@@ -63,7 +62,7 @@ def test_median_pruner_prunes_a_hopeless_trial() -> None:
     assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.PRUNED]
 
 
-def test_kfold_reports_running_mean_per_fold() -> None:
+def test_kfold_reports_running_mean_per_fold(make_spec) -> None:
     spec = make_spec(split={"validation": {"kind": "kfold", "k": 3}}, objective="accuracy")
     study = _study(spec)
     optimize(study, Objective(spec, prepare_data(spec)), n_trials=1, timeout_s=None)
@@ -78,7 +77,7 @@ def test_kfold_reports_running_mean_per_fold() -> None:
     assert len(t.user_attrs["val_curve"]) == 3
 
 
-def test_kfold_wilcoxon_reports_each_fold_and_prunes_by_fold() -> None:
+def test_kfold_wilcoxon_reports_each_fold_and_prunes_by_fold(make_spec) -> None:
     spec = make_spec(split={"validation": {"kind": "kfold", "k": 3}}, pruner={"kind": "wilcoxon"})
     study = _study(spec)
     optimize(study, Objective(spec, prepare_data(spec)), n_trials=1, timeout_s=None)
@@ -89,7 +88,7 @@ def test_kfold_wilcoxon_reports_each_fold_and_prunes_by_fold() -> None:
     assert study.trials[0].state == TrialState.PRUNED and list(study.trials[0].intermediate_values) == [0]
 
 
-def test_diverging_trial_is_a_recorded_config_failure() -> None:
+def test_diverging_trial_is_a_recorded_config_failure(make_spec) -> None:
     spec = make_spec(
         dataset={"builtin": "diabetes"}, split={"stratify": None},
         search_space={"lr": {"value": 10.0}, "optimizer": {"value": "sgd"}, "momentum": {"value": 0.99},
@@ -105,7 +104,7 @@ def test_diverging_trial_is_a_recorded_config_failure() -> None:
     assert counts.config_failed == 2 and counts.failed == 0 and counts.counted == 2
 
 
-def test_stop_requested_interrupts_without_counting() -> None:
+def test_stop_requested_interrupts_without_counting(make_spec) -> None:
     spec = make_spec()
     study = _study(spec)
     with pytest.raises(StopRequested):

@@ -16,7 +16,6 @@ from tuner.objective import Objective
 from tuner.runner import build_result, finalize, open_study, optimize, run, trial_counts
 from tuner.spec import SpecError, parse_spec
 
-from .conftest import make_spec
 
 
 def _trials_signature(study: optuna.Study) -> list[tuple]:
@@ -24,7 +23,7 @@ def _trials_signature(study: optuna.Study) -> list[tuple]:
             for t in study.trials]
 
 
-def test_test_set_scored_exactly_once(tmp_path: Path) -> None:
+def test_test_set_scored_exactly_once(make_spec, tmp_path: Path) -> None:
     spec = make_spec()
     data = prepare_data(spec)
     study = open_study(spec, None)
@@ -64,7 +63,7 @@ def test_corrupted_test_rows_leave_the_search_unchanged(tmp_path: Path) -> None:
     assert signatures[0] == signatures[1]
 
 
-def test_same_spec_and_seed_reproduce_params_and_values() -> None:
+def test_same_spec_and_seed_reproduce_params_and_values(make_spec) -> None:
     spec = make_spec(sampler={"kind": "tpe", "seed": 7}, pruner={"kind": "median", "n_startup_trials": 1},
                      search_space={"dropout": {"low": 0.0, "high": 0.3}})
     runs = []
@@ -75,7 +74,7 @@ def test_same_spec_and_seed_reproduce_params_and_values() -> None:
     assert runs[0] == runs[1]
 
 
-def test_run_end_to_end_resume_and_result(tmp_path: Path) -> None:
+def test_run_end_to_end_resume_and_result(make_spec, tmp_path: Path) -> None:
     storage = f"sqlite:///{tmp_path / 'runs.db'}"
     spec = make_spec(budget={"n_trials": 2})
     result = run(spec, storage=storage, artifacts_dir=tmp_path / "art", progress=False, num_threads=1)
@@ -94,7 +93,7 @@ def test_run_end_to_end_resume_and_result(tmp_path: Path) -> None:
         open_study(make_spec(objective="accuracy"), storage)
 
 
-def test_keyboard_interrupt_keeps_finished_trials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_keyboard_interrupt_keeps_finished_trials(make_spec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     class InterruptAtSecond(Objective):
         def __call__(self, trial):  # type: ignore[no-untyped-def]
             if trial.number == 1:
@@ -112,7 +111,7 @@ def test_keyboard_interrupt_keeps_finished_trials(tmp_path: Path, monkeypatch: p
     assert result["status"] == "completed" and result["counts"]["complete"] == 3
 
 
-def test_kfold_refit_uses_mean_best_epoch(tmp_path: Path) -> None:
+def test_kfold_refit_uses_mean_best_epoch(make_spec, tmp_path: Path) -> None:
     spec = make_spec(split={"validation": {"kind": "kfold", "k": 3}}, objective="f1_macro")
     data = prepare_data(spec)
     study = open_study(spec, None)
@@ -123,7 +122,7 @@ def test_kfold_refit_uses_mean_best_epoch(tmp_path: Path) -> None:
     assert data.test_access_count == 1 and 0 <= metrics["f1_macro"] <= 1
 
 
-def test_regression_run_metrics(tmp_path: Path) -> None:
+def test_regression_run_metrics(make_spec, tmp_path: Path) -> None:
     spec = make_spec(dataset={"builtin": "diabetes"}, split={"stratify": None}, objective="mae",
                      budget={"n_trials": 2, "max_epochs": 3})
     result = run(spec, artifacts_dir=tmp_path, progress=False)
@@ -131,7 +130,7 @@ def test_regression_run_metrics(tmp_path: Path) -> None:
     assert result["best_trial"]["value"] > 1.0  # MAE in the target's units, not standardised
 
 
-def test_counts_and_no_result(tmp_path: Path) -> None:
+def test_counts_and_no_result(make_spec, tmp_path: Path) -> None:
     spec = make_spec(search_space={"lr": {"value": 10.0}, "optimizer": {"value": "sgd"},
                                    "momentum": {"value": 0.99}, "batch_size": {"value": 4}},
                      dataset={"builtin": "diabetes"}, split={"stratify": None})
@@ -139,3 +138,13 @@ def test_counts_and_no_result(tmp_path: Path) -> None:
     assert result["status"] == "no_result" and result["best_trial"] is None
     assert result["counts"]["config_failed"] == 3
     assert trial_counts(open_study(spec, None)).counted == 0  # a fresh in-memory study
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
+def test_cuda_device_run(make_spec, tmp_path: Path) -> None:
+    spec = make_spec(split={"validation": {"kind": "kfold", "k": 2}})
+    result = run(spec, artifacts_dir=tmp_path, progress=False, device="auto")
+    assert result["status"] == "completed"
+    spec = make_spec(name="gpu-holdout")
+    result = run(spec, artifacts_dir=tmp_path, progress=False, device="cuda")
+    assert result["status"] == "completed"

@@ -8,10 +8,9 @@ import pytest
 
 from tuner.spec import SpecError, load_spec, parse_spec
 
-from .conftest import spec_dict
 
 
-def _errors(**over: object) -> list[str]:
+def _errors(spec_dict, **over: object) -> list[str]:  # type: ignore[no-untyped-def]
     with pytest.raises(SpecError) as exc:
         parse_spec(spec_dict(**over))
     return exc.value.errors
@@ -38,14 +37,14 @@ def _errors(**over: object) -> list[str]:
          "dataset.task: the builtin data set 'iris' is classification"),
     ],
 )
-def test_error_messages(over: dict, message: str) -> None:
-    assert message in _errors(**over)
+def test_error_messages(spec_dict, over: dict, message: str) -> None:
+    assert message in _errors(spec_dict, **over)
 
 
-def test_unknown_hyperparameter_and_pruner_argument() -> None:
-    errs = _errors(search_space={"depth": {"value": 2}})
+def test_unknown_hyperparameter_and_pruner_argument(spec_dict) -> None:
+    errs = _errors(spec_dict, search_space={"depth": {"value": 2}})
     assert errs[0].startswith("search_space.depth: unknown hyperparameter (known: lr, dropout")
-    errs = _errors(pruner={"kind": "median", "bogus": 1})
+    errs = _errors(spec_dict, pruner={"kind": "median", "bogus": 1})
     assert errs[0].startswith("pruner.bogus: not a parameter of the median pruner")
 
 
