@@ -1,7 +1,15 @@
 """tuneserve's tuning engine: Optuna studies over PyTorch MLPs/CNNs, usable without the service."""
 
 from tuner.artifacts import LoadedModel, load_model, save_model
-from tuner.data import PreparedData, Preprocessor, Standardizer, infer_task, load_dataset, prepare_data, split_indices
+from tuner.data import (
+    PreparedData,
+    Preprocessor,
+    Standardizer,
+    infer_task,
+    load_dataset,
+    prepare_data,
+    split_indices,
+)
 from tuner.errors import StopRequested, TrialConfigError
 from tuner.metrics import compute_metrics
 from tuner.models import build_model, init_scheme

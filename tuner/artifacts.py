@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from tuner.data import Preprocessor, PreparedData
+from tuner.data import PreparedData, Preprocessor
 from tuner.models import build_model
 from tuner.spec import JobSpec
 from tuner.training import predict_outputs

@@ -419,10 +419,8 @@ def prepare_data(spec: JobSpec, *, resolve_upload: Callable[[str], Path] | None 
     )
     data.folds = [_make_fold(data, tr, va) for tr, va in splits.folds]
     if spec.model.kind == "cnn" and shape is not None and int(np.prod(shape)) != data.n_features:
-        raise SpecError(
-            [f"model.input_shape: {list(shape)} holds {int(np.prod(shape))} values but the data has "
-             f"{data.n_features} features"]
-        )
+        size = int(np.prod(shape))
+        raise SpecError([f"model.input_shape: {list(shape)} holds {size} values; the data has {data.n_features} features"])
     return data
 
 

@@ -7,7 +7,7 @@ Xavier (Glorot) suits the symmetric saturating tanh/sigmoid.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -37,10 +37,11 @@ def init_weights(model: nn.Module, activation: str) -> None:
     for m in model.modules():
         if isinstance(m, (nn.Linear, nn.Conv2d)):
             if init_scheme(activation) == "he":
-                nonlin = "leaky_relu" if activation == "leaky_relu" else "relu"
+                nonlin: Any = "leaky_relu" if activation == "leaky_relu" else "relu"
                 nn.init.kaiming_normal_(m.weight, nonlinearity=nonlin)
             else:
-                nn.init.xavier_uniform_(m.weight, gain=nn.init.calculate_gain(activation))
+                gain = nn.init.calculate_gain(cast(Any, activation))
+                nn.init.xavier_uniform_(m.weight, gain=gain)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
 

@@ -84,7 +84,7 @@ class TrialCounts:
 
 def trial_counts(study: optuna.Study) -> TrialCounts:
     """Count the study's trials by outcome (see :class:`TrialCounts`)."""
-    c = dict(complete=0, pruned=0, failed=0, config_failed=0, running=0, waiting=0)
+    c = {"complete": 0, "pruned": 0, "failed": 0, "config_failed": 0, "running": 0, "waiting": 0}
     for t in study.get_trials(deepcopy=False):
         if t.state == TrialState.COMPLETE:
             c["complete"] += 1
@@ -196,7 +196,7 @@ def finalize(
     if data.task == "regression":
         outputs = pre.inverse_target(outputs)
     metrics = compute_metrics(data.task, test.y, outputs, loss)
-    metrics["n_test"] = int(len(test.y))
+    metrics["n_test"] = len(test.y)
     model_path = Path(artifacts_dir) / study.study_name / "best-model.pt"
     save_model(
         model_path, model, spec=spec, data=data, preprocessor=pre, params=params,

@@ -134,7 +134,7 @@ def fit(
     optimizer = make_optimizer(model, cfg)
     if val_metrics_fn is None and val is not None:
         y_val_np = val[1].cpu().numpy()
-        val_metrics_fn = lambda outputs, loss: compute_metrics(task, y_val_np, outputs, loss)  # noqa: E731
+        val_metrics_fn = lambda outputs, loss: compute_metrics(task, y_val_np, outputs, loss)
     result = FitResult(best_epoch=0, best_value=None, val_metrics=None)
     best_state: dict[str, torch.Tensor] | None = None
     since_best = 0

@@ -16,7 +16,6 @@ from tuner.runner import finalize, open_study, optimize
 from tuner.training import evaluate
 
 
-
 def _search_and_finalize(spec, tmp_path: Path, *, save_states: bool = True):  # type: ignore[no-untyped-def]
     data = prepare_data(spec)
     study = open_study(spec, None)

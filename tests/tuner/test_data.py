@@ -13,7 +13,6 @@ from tuner.data import infer_task, prepare_data
 from tuner.spec import SpecError, parse_spec
 
 
-
 def _csv_spec(path: Path, **over: object) -> object:
     d = {"name": "csv", "dataset": {"path": str(path), "target": "label"}, "model": {"hidden": [4]}}
     d.update(over)

@@ -12,7 +12,6 @@ from tuner.errors import StopRequested
 from tuner.objective import Objective
 from tuner.runner import open_study, optimize, trial_counts
 
-
 ALWAYS_PRUNE = optuna.pruners.ThresholdPruner(upper=-1e9)  # any value is "too high" -> prune at once
 
 

@@ -17,7 +17,6 @@ from tuner.runner import build_result, finalize, open_study, optimize, run, tria
 from tuner.spec import SpecError, parse_spec
 
 
-
 def _trials_signature(study: optuna.Study) -> list[tuple]:
     return [(t.number, t.state, t.params, t.value, t.intermediate_values, t.user_attrs.get("val_curve"))
             for t in study.trials]

@@ -9,7 +9,6 @@ import pytest
 from tuner.spec import SpecError, load_spec, parse_spec
 
 
-
 def _errors(spec_dict, **over: object) -> list[str]:  # type: ignore[no-untyped-def]
     with pytest.raises(SpecError) as exc:
         parse_spec(spec_dict(**over))
