@@ -1,0 +1,67 @@
+"""``/jobs``: submit, list, read, trials, cancel, delete."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Response, status
+
+from app.api.deps import SessionDep, SettingsDep, StorageDep, WriteSessionDep
+from app.models import JobStatus
+from app.schemas import JobPublic, JobSummary, Page, TrialPublic
+from app.services import jobs as service
+from app.studies import load_study, trial_dict
+from tuner.spec import JobSpec
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+LimitQ = Annotated[int, Query(ge=1, le=500, description="page size")]
+OffsetQ = Annotated[int, Query(ge=0)]
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=JobPublic)
+def submit_job(spec: JobSpec, session: WriteSessionDep, storage: StorageDep, response: Response) -> dict[str, Any]:
+    """Queue a tuning job. The body is the job spec (see ``examples/``); the data set is a builtin one
+    or an upload (``{"dataset": {"id": ...}}``), never a server path."""
+    job = service.create_job(session, spec)
+    response.headers["Location"] = f"/jobs/{job.id}"
+    return service.job_detail(job, storage)
+
+
+@router.get("", response_model=Page[JobSummary])
+def list_jobs(
+    session: SessionDep, status: JobStatus | None = None, limit: LimitQ = 50, offset: OffsetQ = 0
+) -> dict[str, Any]:
+    """Jobs, newest first; ``status`` filters."""
+    items, total = service.list_jobs(session, status=status, limit=limit, offset=offset)
+    return {"items": items, "total": total, "limit": limit, "offset": offset}
+
+
+@router.get("/{job_id}", response_model=JobPublic)
+def read_job(job_id: str, session: SessionDep, storage: StorageDep) -> dict[str, Any]:
+    """Status, progress, best trial so far, test metrics once finished."""
+    return service.job_detail(service.get_job(session, job_id), storage)
+
+
+@router.get("/{job_id}/trials", response_model=Page[TrialPublic])
+def read_trials(
+    job_id: str, session: SessionDep, storage: StorageDep, limit: LimitQ = 100, offset: OffsetQ = 0
+) -> dict[str, Any]:
+    """Every trial in number order: params, value, learning curve, duration, worker, failure reason."""
+    job = service.get_job(session, job_id)
+    study = load_study(storage, job.study_name)
+    trials = study.get_trials(deepcopy=False) if study is not None else []
+    page = [trial_dict(t) for t in trials[offset : offset + limit]]
+    return {"items": page, "total": len(trials), "limit": limit, "offset": offset}
+
+
+@router.post("/{job_id}/cancel", response_model=JobPublic)
+def cancel_job(job_id: str, session: WriteSessionDep, storage: StorageDep) -> dict[str, Any]:
+    """Queued: cancelled at once. Running: stops at the next epoch boundary. Finished: 409."""
+    return service.job_detail(service.cancel_job(session, job_id), storage)
+
+
+@router.delete("/{job_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_job(job_id: str, session: WriteSessionDep, storage: StorageDep, settings: SettingsDep) -> None:
+    """Remove the job, its study and its artifacts (409 while it runs)."""
+    service.delete_job(session, job_id, storage=storage, artifacts_dir=settings.artifacts_dir)

@@ -1,0 +1,147 @@
+"""The ``tuner`` console script: the engine's ``tuner run`` plus ``serve``, ``worker`` and ``migrate``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["build_parser", "main"]
+
+log = logging.getLogger("app")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from tuner.cli import build_parser as engine_parser
+
+    parser = engine_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+
+    p = sub.add_parser("serve", help="start the REST API and embedded workers", description="Start the service.")
+    p.add_argument("--host", default=None, help="default: TUNER_HOST or 127.0.0.1")
+    p.add_argument("--port", type=int, default=None, help="default: TUNER_PORT or 8000")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="embedded worker processes (default: TUNER_EMBEDDED_WORKERS or 1; 0 = API only)")
+    p.add_argument("--no-migrate", action="store_true", help="do not upgrade the database at start")
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("worker", help="run a standalone worker", description="Run trials of queued jobs.")
+    p.add_argument("--concurrency", type=int, default=None, metavar="N",
+                   help="worker processes on this host (default: TUNER_WORKER_CONCURRENCY or 1)")
+    p.add_argument("--threads", type=int, default=None, metavar="N", help="torch threads per process")
+    p.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
+    p.set_defaults(func=_cmd_worker)
+
+    p = sub.add_parser("migrate", help="upgrade the database schema to the latest revision")
+    p.set_defaults(func=_cmd_migrate)
+    return parser
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+
+
+def _cmd_migrate(_args: argparse.Namespace) -> int:
+    from app.core.config import get_settings
+    from app.migrate import upgrade
+
+    url = get_settings().database_url
+    upgrade(url, quiet=False)
+    print("database at head", file=sys.stderr)
+    return 0
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from app.core.config import get_settings
+
+    _setup_logging()
+    settings = get_settings()
+    n = args.concurrency if args.concurrency is not None else settings.worker_concurrency
+    if n < 1:
+        print("--concurrency: must be at least 1", file=sys.stderr)
+        return 2
+    threads = args.threads or settings.threads_for(n)
+    if n == 1:
+        from app.worker import run_worker
+
+        run_worker(settings, threads=threads, parent_pid=args.parent_pid)
+        return 0
+    cmd = [sys.executable, "-m", "app", "worker", "--concurrency", "1", "--threads", str(threads),
+           "--parent-pid", str(os.getpid())]
+    return _supervise([subprocess.Popen(cmd) for _ in range(n)], settings.grace_period)
+
+
+def _supervise(children: list[subprocess.Popen[Any]], grace: float, serve: Any = None) -> int:
+    """Wait for the children (or run ``serve()``); on SIGTERM/SIGINT stop them cleanly."""
+    stopping = False
+
+    def _on_signal(_signum: int, _frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    try:
+        if serve is not None:
+            serve()  # returns on SIGTERM/SIGINT (uvicorn re-raises them to our handler above)
+        else:
+            while not stopping and any(c.poll() is None for c in children):
+                time.sleep(0.2)
+    finally:
+        _stop_children(children, grace)
+    return 0
+
+
+def _stop_children(children: list[subprocess.Popen[Any]], grace: float) -> None:
+    for c in children:
+        if c.poll() is None:
+            c.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + max(5.0, grace)
+    for c in children:
+        try:
+            c.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            c.kill()
+            c.wait()
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from app.core.config import get_settings
+    from app.main import create_app
+    from app.migrate import upgrade
+
+    _setup_logging()
+    settings = get_settings()
+    if not args.no_migrate:
+        upgrade(settings.database_url)
+    n = args.workers if args.workers is not None else settings.embedded_workers
+    if n < 0:
+        print("--workers: must be at least 0", file=sys.stderr)
+        return 2
+    threads = settings.threads_for(max(1, n))
+    cmd = [sys.executable, "-m", "app", "worker", "--concurrency", "1", "--threads", str(threads),
+           "--parent-pid", str(os.getpid())]
+    children = [subprocess.Popen(cmd) for _ in range(n)]
+    host = args.host or settings.host
+    port = args.port if args.port is not None else settings.port
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host=host, port=port, log_level="info"))
+    log.info("tuneserve on http://%s:%d with %d embedded worker(s); OpenAPI at /docs", host, port, n)
+    return _supervise(children, settings.grace_period, serve=server.run)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``tuner`` console script; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""Database plumbing: one engine per URL and process, a session that owns a transaction, Optuna's storage.
+
+SQLite gets WAL journal mode and a busy timeout so the API and the worker processes share one file
+without "database is locked"; write transactions can start with ``BEGIN IMMEDIATE`` so a reader never
+has to upgrade its lock mid-transaction. Postgres (``postgresql+psycopg://``) uses the same code.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import optuna
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+__all__ = [
+    "SQLITE_BUSY_TIMEOUT_S",
+    "SlotReleasingRetryCallback",
+    "get_engine",
+    "make_engine",
+    "make_storage",
+    "release_slot",
+    "session_scope",
+]
+
+log = logging.getLogger(__name__)
+SQLITE_BUSY_TIMEOUT_S = 30
+
+
+def _is_sqlite(url: str) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def _ensure_sqlite_dir(url: str) -> None:
+    db = make_url(url).database
+    if db and db != ":memory:" and not db.startswith("file:"):
+        Path(db).expanduser().parent.mkdir(parents=True, exist_ok=True)
+
+
+def make_engine(url: str) -> Engine:
+    """A new engine for ``url`` (SQLite: WAL + busy timeout + foreign keys; all: ``pool_pre_ping``)."""
+    if not _is_sqlite(url):
+        return sa.create_engine(url, pool_pre_ping=True)
+    _ensure_sqlite_dir(url)
+    engine = sa.create_engine(
+        url, pool_pre_ping=True, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_S}
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (see _on_begin)
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: sa.Connection) -> None:
+        immediate = conn.get_execution_options().get("sqlite_immediate", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+@lru_cache(maxsize=8)
+def get_engine(url: str) -> Engine:
+    """The process-wide engine for ``url``."""
+    return make_engine(url)
+
+
+@lru_cache(maxsize=8)
+def _sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+@contextmanager
+def session_scope(engine: Engine, *, write: bool = False) -> Iterator[Session]:
+    """A session whose transaction commits on success and rolls back on error.
+
+    ``write=True`` starts the SQLite transaction with ``BEGIN IMMEDIATE`` (take the write lock first,
+    wait for it under the busy timeout) instead of upgrading a read lock later.
+    """
+    session = _sessionmaker(engine)()
+    try:
+        if write:
+            session.connection(execution_options={"sqlite_immediate": True})
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def release_slot(engine: Engine, *, study_name: str | None = None, job_id: str | None = None) -> bool:
+    """Give back one claimed trial slot of a job (by study name or id); False when none was claimed."""
+    from app.models import Job
+
+    cond = Job.study_name == study_name if study_name is not None else Job.id == job_id
+    with session_scope(engine, write=True) as s:
+        res = s.execute(
+            sa.update(Job).where(cond, Job.trials_claimed > 0).values(trials_claimed=Job.trials_claimed - 1)
+        )
+        return bool(res.rowcount == 1)  # type: ignore[attr-defined]
+
+
+class SlotReleasingRetryCallback:
+    """Optuna's heartbeat-stale callback: re-queue the dead trial, then release its job's trial slot.
+
+    Optuna calls it exactly once per stale trial (in whichever process failed it), so the slot the dead
+    worker claimed is given back exactly once and the retry (a WAITING trial with the same params) runs
+    under a fresh claim.
+    """
+
+    def __init__(self, url: str, *, max_retry: int | None = 3) -> None:
+        self.url = url
+        self._retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        try:
+            self._retry(study, trial)
+        finally:
+            released = release_slot(get_engine(self.url), study_name=study.study_name)
+            log.info("stale trial %s of %s failed; slot released=%s", trial.number, study.study_name, released)
+
+
+def make_storage(
+    url: str, *, heartbeat_interval: int | None = None, grace_period: int | None = None
+) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage in the service's database; with a heartbeat when ``heartbeat_interval``."""
+    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if _is_sqlite(url):
+        _ensure_sqlite_dir(url)
+        kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
+    if heartbeat_interval is None:
+        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(
+            url,
+            engine_kwargs=kwargs,
+            heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period,
+            heartbeat_stale_trial_callback=SlotReleasingRetryCallback(url),
+        )

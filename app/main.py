@@ -1,0 +1,97 @@
+"""The FastAPI application: ``create_app(settings)``; OpenAPI at ``/docs``."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import optuna
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from app.api.routes import datasets, health, jobs
+from app.core.config import Settings, get_settings
+from app.db import get_engine, make_storage
+from app.errors import DomainError
+
+__all__ = ["create_app", "validation_errors"]
+
+_FRIENDLY = {
+    "greater_than_equal": "must be at least {ge}",
+    "greater_than": "must be > {gt}",
+    "less_than_equal": "must be at most {le}",
+    "less_than": "must be < {lt}",
+    "missing": "is required",
+    "extra_forbidden": "unknown field",
+    "string_too_short": "must not be empty",
+}
+_SKIP = ("holdout", "kfold")
+
+
+def validation_errors(errors: Any) -> list[dict[str, Any]]:
+    """pydantic errors -> ``[{"loc": [...], "msg": "dotted.field: reason", "type": ...}]``.
+
+    The spec's model validators phrase several ``field: reason`` lines at once; each becomes an entry
+    whose location is extended by that field.
+    """
+    out: list[dict[str, Any]] = []
+    for err in errors:
+        loc = [p for p in err["loc"] if not (isinstance(p, str) and p in _SKIP)]
+        where = [p for p in loc if p not in ("body", "query", "path", "form", "header")]
+        ctx = err.get("ctx") or {}
+        template = _FRIENDLY.get(err["type"])
+        msg = template.format(**ctx) if template else err["msg"]
+        if err["type"] == "value_error" and "error" in ctx:
+            msg = str(ctx["error"])
+        for part in str(msg).split("\n"):
+            head = part.split(": ", 1)[0]
+            if ": " in part and " " not in head:
+                extra = [int(p) if p.isdigit() else p for p in head.split(".")]
+                full = [*loc, *extra]
+                dotted = ".".join(str(p) for p in [*where, *extra])
+                out.append({"loc": full, "msg": f"{dotted}: {part.split(': ', 1)[1]}", "type": err["type"]})
+            else:
+                dotted = ".".join(str(p) for p in where) or "(request)"
+                out.append({"loc": loc, "msg": f"{dotted}: {part}", "type": err["type"]})
+    return out
+
+
+class _LazyStorage:
+    """Optuna's storage for the API, made on first use (the API starts even while the DB is down)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._storage: optuna.storages.RDBStorage | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self) -> optuna.storages.RDBStorage:
+        with self._lock:
+            if self._storage is None:
+                self._storage = make_storage(self.url)
+            return self._storage
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="tuneserve",
+        version="0.1.0",
+        description="Hyperparameter tuning for PyTorch models: submit a job spec, poll its trials and results.",
+    )
+    app.state.settings = settings
+    app.state.engine = get_engine(settings.database_url)
+    app.state.storage = _LazyStorage(settings.database_url)
+
+    @app.exception_handler(DomainError)
+    async def _domain_error(_request: Request, exc: DomainError) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": validation_errors(exc.errors())}, status_code=422)
+
+    app.include_router(health.router)
+    app.include_router(jobs.router)
+    app.include_router(datasets.router)
+    return app

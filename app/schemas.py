@@ -1,0 +1,99 @@
+"""API response models (the request body of ``POST /jobs`` is :class:`tuner.spec.JobSpec` itself)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict
+
+from app.models import JobStatus
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    total: int
+    limit: int
+    offset: int
+
+
+class DatasetPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    filename: str
+    format: str
+    size_bytes: int
+    sha256: str
+    rows: int
+    columns: int
+    feature_names: list[str]
+    target: str | None
+    task: Literal["classification", "regression"]
+    class_counts: dict[str, int] | None
+    missing_values: int
+    created_at: datetime
+
+
+class Progress(BaseModel):
+    n_trials: int
+    complete: int = 0
+    pruned: int = 0
+    failed: int = 0
+    config_failed: int = 0
+    running: int = 0
+    waiting: int = 0
+    counted: int = 0
+
+
+class BestTrial(BaseModel):
+    number: int
+    params: dict[str, Any]
+    value: float | None
+    best_epoch: int | None = None
+
+
+class JobSummary(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str
+    status: JobStatus
+    dataset_id: str | None
+    n_trials: int
+    cancel_requested: bool
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str | None
+
+
+class JobPublic(JobSummary):
+    study_name: str
+    deadline: datetime | None
+    progress: Progress
+    best_trial: BestTrial | None
+    test_metrics: dict[str, Any] | None
+    model_path: str | None = None
+    spec: dict[str, Any]
+
+
+class TrialPublic(BaseModel):
+    number: int
+    state: str
+    params: dict[str, Any]
+    value: float | None
+    intermediate_values: dict[int, float]
+    val_curve: Any = None
+    train_curve: Any = None
+    best_epoch: int | None = None
+    val_metrics: dict[str, Any] | None = None
+    duration_s: float | None = None
+    worker: str | None = None
+    fail_reason: str | None = None
+    interrupted: bool = False
+    retry_of: int | None = None
+    datetime_start: datetime | None
+    datetime_complete: datetime | None
