@@ -14,6 +14,7 @@ from app.api.routes import datasets, health, jobs
 from app.core.config import Settings, get_settings
 from app.db import get_engine, make_storage
 from app.errors import DomainError
+from app.services.jobs import PATH_REFUSED
 
 __all__ = ["create_app", "validation_errors"]
 
@@ -88,8 +89,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"detail": validation_errors(exc.errors())}, status_code=422)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        detail = validation_errors(exc.errors())
+        body = exc.body
+        if request.url.path == "/jobs" and isinstance(body, dict) and isinstance(body.get("dataset"), dict) \
+                and body["dataset"].get("path") is not None:
+            # Say first what matters: over HTTP a path is never accepted, whatever else is wrong.
+            detail = [e for e in detail if e["loc"][:2] != ["body", "dataset"]]
+            detail.insert(0, {"loc": ["body", "dataset", "path"], "type": "value_error", "msg": PATH_REFUSED})
+        return JSONResponse({"detail": detail}, status_code=422)
 
     app.include_router(health.router)
     app.include_router(jobs.router)

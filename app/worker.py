@@ -235,7 +235,7 @@ class Worker:
         except _INFRA_ERRORS:
             self._try_release(job_id)
             raise
-        except Exception as exc:  # noqa: BLE001 - an unexpected error in training: fail the job, not the worker
+        except Exception as exc:
             self._try_release(job_id)
             log.exception("job %s: trial failed unexpectedly", job_id)
             self._fail(job_id, f"trial failed: {_message(exc)}")

@@ -81,8 +81,8 @@ def _summarise(path: Path, fmt: str, target: str | None, task: str | None, allow
                            f"file: column '{col}' is not numeric and has more than {MAX_CATEGORIES} distinct values"))
     missing = int(frame.isna().sum().sum())
     if missing and not allow_nan:
-        errors.append((["body", "file"], f"file: the features have {missing} missing values; upload with "
-                                         "allow_nan=true and set dataset.impute in the job spec"))
+        errors.append((["body", "file"], (f"file: the features have {missing} missing values; upload with "
+                                         "allow_nan=true and set dataset.impute in the job spec")))
     if errors:
         raise FieldErrors(errors)
     inferred = infer_task(y)

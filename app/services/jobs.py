@@ -16,7 +16,9 @@ from app.models import Dataset, Job, JobStatus, utcnow
 from app.studies import load_study, study_summary
 from tuner.spec import JobSpec, objective_errors
 
-__all__ = ["cancel_job", "create_job", "delete_job", "get_job", "job_detail", "list_jobs"]
+PATH_REFUSED = "dataset.path: server file paths are not accepted; upload the file with POST /datasets"
+
+__all__ = ["PATH_REFUSED", "cancel_job", "create_job", "delete_job", "get_job", "job_detail", "list_jobs"]
 
 
 def create_job(session: Session, spec: JobSpec) -> Job:
@@ -24,9 +26,7 @@ def create_job(session: Session, spec: JobSpec) -> Job:
     ds = spec.dataset
     dataset: Dataset | None = None
     if ds.path is not None:
-        raise field_error(
-            ["body", "dataset", "path"], "server file paths are not accepted; upload the file with POST /datasets"
-        )
+        raise FieldErrors([(["body", "dataset", "path"], PATH_REFUSED)])
     if ds.id is not None:
         dataset = session.get(Dataset, ds.id)
         if dataset is None:
@@ -39,8 +39,8 @@ def create_job(session: Session, spec: JobSpec) -> Job:
         errors.extend((["body", "objective"], e) for e in objective_errors(spec.objective, task))
         if dataset.missing_values and ds.impute == "none":
             errors.append((["body", "dataset", "impute"],
-                           f"dataset.impute: the data set has {dataset.missing_values} missing values; "
-                           "set it to 'mean' or 'median'"))
+                           (f"dataset.impute: the data set has {dataset.missing_values} missing values; "
+                           "set it to 'mean' or 'median'")))
         if errors:
             raise FieldErrors(errors)
         spec = spec.model_copy(update={"dataset": ds.model_copy(update={"target": dataset.target, "task": task})})

@@ -1,0 +1,102 @@
+"""``/datasets``: upload validation, limits, list/read/delete, nothing half-written."""
+
+import io
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+
+from app.db import get_engine
+from app.models import Job
+
+
+def _files(settings):
+    d = settings.uploads_dir
+    return sorted(p.name for p in d.iterdir()) if d.exists() else []
+
+
+def test_upload_csv_summary(client, upload, iris_csv, settings):
+    r = upload(iris_csv, "iris.csv", target="species")
+    assert r.status_code == 201, r.text
+    ds = r.json()
+    assert ds["rows"] == 150 and ds["columns"] == 4 and ds["task"] == "classification"
+    assert ds["class_counts"] == {"setosa": 50, "versicolor": 50, "virginica": 50}
+    assert len(ds["sha256"]) == 64 and ds["format"] == "csv" and ds["filename"] == "iris.csv"
+    assert _files(settings) == [f"{ds['id']}.csv"]
+    assert client.get(f"/datasets/{ds['id']}").json() == ds
+    assert client.get("/datasets").json()["items"] == [ds]
+
+
+def test_upload_parquet_regression_and_npz(client, upload):
+    frame = pd.DataFrame({"a": np.arange(30.0), "b": ["x", "y", "z"] * 10, "y": np.linspace(0, 1, 30)})
+    buf = io.BytesIO()
+    frame.to_parquet(buf)
+    r = upload(buf.getvalue(), "d.parquet", target="y")
+    assert r.status_code == 201, r.text
+    assert r.json()["task"] == "regression" and r.json()["class_counts"] is None
+    buf = io.BytesIO()
+    np.savez(buf, X=np.random.default_rng(0).normal(size=(20, 3)), y=np.array([0, 1] * 10))
+    r = upload(buf.getvalue(), "d.npz")
+    assert r.status_code == 201, r.text
+    assert r.json()["columns"] == 3 and r.json()["class_counts"] == {"0": 10, "1": 10}
+
+
+def test_upload_errors_leave_nothing(client, upload, iris_csv, settings):
+    cases = [
+        (upload(iris_csv, "iris.txt", target="species"), "file"),
+        (upload(iris_csv, "iris.csv"), "target"),
+        (upload(iris_csv, "iris.csv", target="nope"), "target"),
+        (upload(b"a,b\n1,2\n3,\n", "x.csv", target="b"), "target"),  # missing target value
+        (upload(b"\x00\x01garbage", "x.parquet", target="y"), "file"),
+        (upload(b"a,y\n1,0\n2,0\n3,0\n", "x.csv", target="y", task="classification"), "target"),
+        (upload(iris_csv.replace(b"5.1,", b",", 1), "x.csv", target="species"), "file"),  # NaN
+        (upload(b"a,y\n1,x\n2,y\n", "x.csv", target="y", task="regression"), "task"),
+    ]
+    for r, field in cases:
+        assert r.status_code == 422, r.text
+        assert r.json()["detail"][0]["loc"] == ["body", field], r.json()
+        assert r.json()["detail"][0]["msg"]
+    assert _files(settings) == []
+    assert client.get("/datasets").json()["total"] == 0
+
+
+def test_upload_nan_allowed_with_flag(upload, iris_csv):
+    r = upload(iris_csv.replace(b"5.1,", b",", 1), "x.csv", target="species", allow_nan="true")
+    assert r.status_code == 201 and r.json()["missing_values"] == 1
+
+
+def test_upload_too_large_is_413(upload, settings):
+    big = b"a,y\n" + b"1,0\n" * (settings.max_upload_bytes // 4 + 10)
+    r = upload(big, "big.csv", target="y")
+    assert r.status_code == 413
+    assert _files(settings) == []
+
+
+def test_upload_missing_file_is_422(client):
+    r = client.post("/datasets", data={"target": "y"})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "file"]
+
+
+def test_unknown_dataset_404(client):
+    assert client.get("/datasets/nope").status_code == 404
+    assert client.delete("/datasets/nope").status_code == 404
+
+
+def test_delete_refused_while_a_job_uses_it(client, upload, iris_csv, spec_dict, settings):
+    ds = upload(iris_csv, target="species").json()
+    job = client.post("/jobs", json=spec_dict(dataset={"id": ds["id"]})).json()
+    r = client.delete(f"/datasets/{ds['id']}")
+    assert r.status_code == 409
+    with get_engine(settings.database_url).begin() as conn:
+        conn.execute(sa.update(Job).where(Job.id == job["id"]).values(status="succeeded"))
+    assert client.delete(f"/datasets/{ds['id']}").status_code == 204
+    assert client.get(f"/datasets/{ds['id']}").status_code == 404
+    assert _files(settings) == []
+    assert client.get(f"/jobs/{job['id']}").json()["dataset_id"] is None
+
+
+def test_list_paginated(client, upload, iris_csv):
+    ids = [upload(iris_csv, target="species").json()["id"] for _ in range(3)]
+    page = client.get("/datasets", params={"limit": 2}).json()
+    assert page["total"] == 3 and [d["id"] for d in page["items"]] == ids[::-1][:2]
+    assert client.get("/datasets", params={"limit": 1000}).status_code == 422

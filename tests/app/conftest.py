@@ -1,0 +1,156 @@
+"""Fixtures for the service tests: ONE suite, parametrised by database backend (SQLite and Postgres).
+
+Postgres runs when ``TUNER_TEST_POSTGRES_URL`` is set (a throwaway database is created for the session
+and dropped at the end); with ``TUNER_TEST_REQUIRE_POSTGRES=1`` (CI) an unreachable Postgres fails.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+import torch
+from fastapi.testclient import TestClient
+from sklearn.datasets import load_iris
+
+from app.core.config import Settings
+from app.db import get_engine
+from app.main import create_app
+from app.migrate import upgrade
+
+_KEEP = {"alembic_version", "tuneserve_alembic_version", "version_info"}
+
+TINY_SPEC: dict[str, Any] = {
+    "name": "tiny",
+    "dataset": {"builtin": "iris"},
+    "model": {"kind": "mlp", "hidden": [8]},
+    "split": {"test_fraction": 0.2, "validation": {"kind": "holdout", "fraction": 0.25}, "seed": 0},
+    "search_space": {"lr": {"low": 1e-3, "high": 3e-2, "log": True}, "batch_size": {"choices": [16, 32]}},
+    "budget": {"n_trials": 3, "max_epochs": 3, "timeout_s": 120},
+    "early_stopping": {"patience": 3},
+    "pruner": {"kind": "none"},
+    "sampler": {"kind": "random", "seed": 1},
+}
+
+
+def _postgres_url(tmp_name: str) -> str | None:
+    base = os.environ.get("TUNER_TEST_POSTGRES_URL")
+    require = os.environ.get("TUNER_TEST_REQUIRE_POSTGRES") == "1"
+    if not base:
+        if require:
+            pytest.fail("TUNER_TEST_REQUIRE_POSTGRES=1 but TUNER_TEST_POSTGRES_URL is not set")
+        pytest.skip("TUNER_TEST_POSTGRES_URL not set")
+    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{tmp_name}"'))
+    except sa.exc.OperationalError as exc:
+        if require:
+            pytest.fail(f"Postgres at {base} unreachable: {exc}")
+        pytest.skip(f"Postgres unreachable: {exc}")
+    finally:
+        admin.dispose()
+    return sa.engine.make_url(base).set(database=tmp_name).render_as_string(hide_password=False)
+
+
+def _drop_postgres(name: str) -> None:
+    admin = sa.create_engine(os.environ["TUNER_TEST_POSTGRES_URL"], isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A migrated database of each backend for the session (``pytest -k sqlite`` picks one)."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'tuner.db'}"
+        upgrade(url)
+        yield url
+        get_engine(url).dispose()
+        return
+    name = f"tuneserve_test_{uuid.uuid4().hex[:10]}"
+    url = _postgres_url(name)
+    assert url is not None
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        get_engine(url).dispose()
+        _drop_postgres(name)
+
+
+def clean_database(url: str) -> None:
+    """Delete every row (service and Optuna tables), keeping the schema versions."""
+    engine = get_engine(url)
+    meta = sa.MetaData()
+    meta.reflect(engine)
+    with engine.begin() as conn:
+        for table in reversed(meta.sorted_tables):
+            if table.name not in _KEEP:
+                conn.execute(table.delete())
+
+
+@pytest.fixture
+def settings(db_url: str, tmp_path: Path) -> Settings:
+    clean_database(db_url)
+    return Settings(
+        database_url=db_url, artifacts_dir=tmp_path / "artifacts", uploads_dir=tmp_path / "uploads",
+        heartbeat_interval=1, grace_period=2, poll_interval_s=0.1, device="cpu", torch_threads=1,
+        embedded_workers=1, max_upload_mb=1,
+    )
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+@pytest.fixture
+def spec_dict() -> Callable[..., dict[str, Any]]:
+    """``spec_dict(**over)``: the tiny spec with top-level sections merged (dicts; ``dataset`` is replaced)."""
+
+    def make(**over: Any) -> dict[str, Any]:
+        out = copy.deepcopy(TINY_SPEC)
+        for k, v in over.items():
+            merge = isinstance(v, dict) and isinstance(out.get(k), dict) and k != "dataset"
+            out[k] = {**out[k], **v} if merge else v
+        return out
+
+    return make
+
+
+@pytest.fixture
+def iris_csv() -> bytes:
+    """Iris as CSV with a string target column ``species``."""
+    bunch = load_iris(as_frame=True)
+    frame = bunch.frame.rename(columns={"target": "species"})
+    frame["species"] = frame["species"].map(dict(enumerate(bunch.target_names)))
+    buf = io.StringIO()
+    frame.to_csv(buf, index=False)
+    return buf.getvalue().encode()
+
+
+@pytest.fixture
+def upload(client: TestClient) -> Callable[..., Any]:
+    def do(content: bytes, filename: str = "data.csv", **form: Any) -> Any:
+        return client.post("/datasets", files={"file": (filename, content)}, data=form)
+
+    return do
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+__all__ = ["TINY_SPEC", "clean_database", "pd"]
