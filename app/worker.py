@@ -267,9 +267,12 @@ class Worker:
         if job is None or job.status != JobStatus.running:
             return
         study = ctx.study if ctx is not None else self._study(job)
-        if study is None:
+        deadline_passed = job.deadline is not None and job.deadline <= utcnow()
+        if study is None:  # no worker opened it yet
             if job.cancel_requested:
                 self._set_cancelled(job_id)
+            elif deadline_passed:
+                self._finalize(job, None)  # fails it: no trial completed
             return
         counts = trial_counts(study)
         if counts.running > 0:
@@ -277,7 +280,6 @@ class Worker:
         if job.cancel_requested:
             self._set_cancelled(job_id)
             return
-        deadline_passed = job.deadline is not None and job.deadline <= utcnow()
         if counts.counted >= job.n_trials or deadline_passed:
             self._finalize(job, ctx)
 
