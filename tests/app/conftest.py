@@ -154,3 +154,101 @@ def _one_thread() -> None:
 
 
 __all__ = ["TINY_SPEC", "clean_database", "pd"]
+
+
+# ------------------------------------------------------------------------------- `tuner serve` subprocess
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+
+
+class Server:
+    """``tuner serve`` in its own process group on a free port, against the test database."""
+
+    def __init__(self, settings: Settings, log: Path, workers: int = 1) -> None:
+        self.settings, self.log_path, self.workers = settings, log, workers
+        self.proc: subprocess.Popen[bytes] | None = None
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 90) -> Server:
+        s = self.settings
+        env = {**os.environ, "TUNER_DATABASE_URL": s.database_url, "TUNER_ARTIFACTS_DIR": str(s.artifacts_dir),
+               "TUNER_UPLOADS_DIR": str(s.uploads_dir), "TUNER_HEARTBEAT_INTERVAL": "1", "TUNER_GRACE_PERIOD": "2",
+               "TUNER_POLL_INTERVAL_S": "0.2", "TUNER_TORCH_THREADS": "1", "TUNER_DEVICE": "cpu"}
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "app", "serve", "--port", str(self.port), "--workers", str(self.workers)],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log_path.read_text()[-3000:]
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"server did not start:\n{self.log_path.read_text()[-3000:]}")
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30)
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group (API and workers), like a power cut."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self, timeout: float = 30) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+@pytest.fixture
+def server(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., Server]]:
+    started: list[Server] = []
+
+    def make(workers: int = 1) -> Server:
+        srv = Server(settings, tmp_path / "server.log", workers)
+        started.append(srv)
+        return srv
+
+    yield make
+    for srv in started:
+        if srv.proc is not None and srv.proc.poll() is None:
+            srv.kill()
+
+
+def _wait_for(
+    client: httpx.Client, job_id: str, pred: Callable[[dict[str, Any]], bool], timeout: float = 120
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        job = client.get(f"/jobs/{job_id}").json()
+        if pred(job):
+            return job
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out; last state: {job}")
+        time.sleep(0.25)
+
+
+@pytest.fixture
+def wait_for() -> Callable[..., dict[str, Any]]:
+    """``wait_for(http, job_id, pred, timeout=120)``: poll ``GET /jobs/{id}`` until ``pred(job)``."""
+    return _wait_for
