@@ -1,0 +1,137 @@
+"""Part 6 - API under load: GET /jobs/{id} latency and throughput at a fixed request rate while a job trains.
+
+The service on SQLite (the ``make run`` set-up: API + one worker process with one torch thread) trains a
+long digits MLP job; once it has some finished trials, an open-loop load generator in this process
+(``httpx.AsyncClient`` over loopback, requests sent on a fixed schedule whether or not earlier ones have
+answered) sends ``GET /jobs/{id}`` at the target rate for a bounded time; then the same for ``GET /healthz``
+(no database: the framework's floor), side by side in the same run. Latency is measured from each
+request's scheduled send time (so a stalled server cannot hide queueing). Target: p99 < 50 ms at 200 req/s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import os
+import time
+from typing import Any
+
+from bench.common import banner, load_example, parser, percentile, table, write_result
+
+
+async def _load(base_url: str, path: str, rate: float, duration: float) -> dict[str, Any]:
+    import httpx
+
+    n = int(rate * duration)
+    lat_sched: list[float] = []
+    lat_send: list[float] = []
+    errors: list[str] = []
+    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+    async with httpx.AsyncClient(base_url=base_url, timeout=10.0, limits=limits) as client:
+        await client.get(path)  # open a connection, untimed
+        t0 = time.perf_counter() + 0.05
+        last_done = t0
+
+        async def one(i: int) -> None:
+            nonlocal last_done
+            sched = t0 + i / rate
+            delay = sched - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            sent = time.perf_counter()
+            try:
+                r = await client.get(path)
+                done = time.perf_counter()
+                if r.status_code != 200:
+                    errors.append(f"HTTP {r.status_code}")
+                    return
+            except httpx.HTTPError as exc:
+                errors.append(type(exc).__name__)
+                return
+            lat_sched.append(done - sched)
+            lat_send.append(done - sent)
+            last_done = max(last_done, done)
+
+        await asyncio.gather(*(one(i) for i in range(n)))
+    elapsed = last_done - t0
+    ms = lambda xs, q: None if not xs else 1000 * percentile(xs, q)  # type: ignore[operator]  # noqa: E731
+    return {
+        "path_kind": "healthz" if path.endswith("healthz") else "job",
+        "target_rate": rate, "duration_s": duration, "sent": n, "ok": len(lat_sched), "errors": len(errors),
+        "error_kinds": sorted(set(errors)),
+        "achieved_rps": len(lat_sched) / elapsed if elapsed > 0 else None,
+        "p50_ms": ms(lat_sched, 50), "p90_ms": ms(lat_sched, 90), "p99_ms": ms(lat_sched, 99),
+        "max_ms": ms(lat_sched, 100),
+        "p50_ms_from_send": ms(lat_send, 50), "p99_ms_from_send": ms(lat_send, 99),
+    }
+
+
+def main() -> None:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--rate", type=float, default=200.0)
+    p.add_argument("--duration", type=float, default=None)
+    p.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite")
+    args = p.parse_args()
+    from bench import service
+
+    reason = service.available() or (service.postgres_available() if args.backend == "postgres" else None)
+    if reason:
+        print(f"skipped: {reason}")
+        write_result("api_load", {"status": "skipped", "reason": reason}, quick=args.quick, no_write=args.no_write)
+        return
+    duration = args.duration or (3.0 if args.quick else 20.0)
+    rate = 50.0 if args.quick and args.rate == 200.0 else args.rate
+    spec = copy.deepcopy(load_example("digits-mlp.json"))
+    spec["name"] = "api-load"
+    spec["budget"] = {"n_trials": 1000, "max_epochs": 30, "timeout_s": 3600}
+    results: dict[str, Any] = {}
+    with service.Service(args.backend, torch_threads=args.threads) as svc:
+        svc.start_workers(1)
+        job_id = svc.submit(spec)
+        deadline = time.monotonic() + 120
+        while True:  # let it run for a while first, so the study has trials to read
+            j = svc.job(job_id)
+            done = (j["progress"].get("complete") or 0) + (j["progress"].get("pruned") or 0)
+            if j["status"] == "running" and done >= 10 or time.monotonic() > deadline:
+                break
+            time.sleep(1.0)
+        banner(f"{args.backend}: {rate:g} req/s for {duration:g} s per endpoint while job trains "
+               f"(trials done at start: {done})")
+        for label, path in (("GET /jobs/{id}", f"/jobs/{job_id}"), ("GET /healthz", "/healthz")):
+            load0 = os.getloadavg()[0]
+            res = asyncio.run(_load(svc.base_url, path, rate, duration))
+            res["loadavg_1m_before"] = load0
+            j = svc.job(job_id)
+            res["job_status_after"] = j["status"]
+            res["trials_in_study_after"] = j["progress"].get("counted")
+            results[label] = res
+            print(f"  {label}: p50 {res['p50_ms']:.1f} ms, p99 {res['p99_ms']:.1f} ms, "
+                  f"{res['achieved_rps']:.0f} req/s, errors {res['errors']}", flush=True)
+        svc.client.post(f"/jobs/{job_id}/cancel")
+        trained = j["status"] == "running"
+        # Wait (bounded) for the worker to stop at the next epoch boundary before tearing down.
+        try:
+            svc.wait(job_id, timeout_s=30, poll_s=0.5)
+        except TimeoutError:
+            pass
+    rows = [[k, r["target_rate"], r["achieved_rps"], r["p50_ms"], r["p90_ms"], r["p99_ms"], r["max_ms"],
+             r["errors"]] for k, r in results.items()]
+    banner("latency from scheduled send time")
+    print(table(["endpoint", "target req/s", "achieved req/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors"],
+                rows, digits=1))
+    job = results["GET /jobs/{id}"]
+    met = bool(job["p99_ms"] is not None and job["p99_ms"] < 50 and job["errors"] == 0
+               and job["achieved_rps"] >= 0.95 * rate)
+    print(f"\ntarget p99 < 50 ms at {rate:g} req/s: p99 {job['p99_ms']:.1f} ms -> {'met' if met else 'MISSED'}")
+    write_result("api_load", {
+        "status": "ok",
+        "config": {"backend": args.backend, "rate": rate, "duration_s": duration, "worker_threads": args.threads,
+                   "job": "digits MLP example, 1000 trials, 30 epochs (cancelled afterwards)",
+                   "job_was_training_throughout": trained, "client": "httpx.AsyncClient, open loop, loopback"},
+        "results": results,
+        "target": {"p99_ms": job["p99_ms"], "threshold_ms": 50, "rate": rate, "met": met},
+    }, quick=args.quick, no_write=args.no_write)
+
+
+if __name__ == "__main__":
+    main()
