@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -109,17 +109,20 @@ def fmt(v: Any, digits: int = 3) -> str:
     if isinstance(v, int):
         return str(v)
     if isinstance(v, float):
+        if digits == 0:
+            return f"{v:.0f}" if v == int(v) else f"{v:.1f}"
         if v != 0 and (abs(v) >= 1e5 or abs(v) < 1e-3):
             return f"{v:.{digits}g}"
         return f"{v:.{digits}f}" if abs(v) < 100 else f"{v:.1f}"
     return str(v)
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], digits: int = 3) -> str:
-    """A Markdown table (also readable on a terminal)."""
-    cells = [[fmt(c, digits) for c in r] for r in rows]
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], digits: int | Sequence[int] = 3) -> str:
+    """A Markdown table (also readable on a terminal); ``digits`` may be given per column."""
+    per = [digits] * len(headers) if isinstance(digits, int) else list(digits)
+    cells = [[fmt(c, per[i]) for i, c in enumerate(r)] for r in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
-    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |"  # noqa: E731
+    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |"
     out = [line(list(headers)), "| " + " | ".join("-" * w for w in widths) + " |"]
     out += [line(r) for r in cells]
     return "\n".join(out)
@@ -129,7 +132,7 @@ def write_result(part: str, payload: dict[str, Any], *, quick: bool, no_write: b
     """Write bench/results/<part>.json (``<part>.quick.json`` for smoke runs) with machine and date."""
     doc = {
         "part": part,
-        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": git_commit(),
         "command": command_line(f"bench.{part}", quick),
         "quick": quick,
@@ -178,7 +181,7 @@ def load_example(name: str) -> dict[str, Any]:
 
 
 class Timer:
-    def __enter__(self) -> Timer:
+    def __enter__(self) -> Self:
         self.t0 = time.perf_counter()
         return self
 

@@ -17,7 +17,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import banner, load_example, median, parser, percentile, quiet_optuna, ratio, table, write_result
+from bench.common import (
+    banner,
+    load_example,
+    median,
+    parser,
+    quiet_optuna,
+    ratio,
+    table,
+    write_result,
+)
 
 WINDOW = 50
 

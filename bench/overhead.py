@@ -22,16 +22,26 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import banner, load_example, median, parser, quiet_optuna, ratio, set_threads, table, write_result
+from bench.common import (
+    banner,
+    load_example,
+    median,
+    parser,
+    quiet_optuna,
+    ratio,
+    set_threads,
+    table,
+    write_result,
+)
 
 
 def _ts(s: Any) -> float:
     if isinstance(s, dt.datetime):
         d = s
     else:
-        d = dt.datetime.fromisoformat(str(s).replace("Z", "+00:00"))
+        d = dt.datetime.fromisoformat(str(s))
     if d.tzinfo is None:
-        d = d.replace(tzinfo=dt.timezone.utc)
+        d = d.replace(tzinfo=dt.UTC)
     return d.timestamp()
 
 

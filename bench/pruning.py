@@ -17,7 +17,16 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
-    Timer, banner, load_example, median, parser, quiet_optuna, ratio, set_threads, table, write_result,
+    Timer,
+    banner,
+    load_example,
+    median,
+    parser,
+    quiet_optuna,
+    ratio,
+    set_threads,
+    table,
+    write_result,
 )
 
 HOLDOUT_PRUNERS: dict[str, dict[str, Any]] = {

@@ -12,7 +12,17 @@ import copy
 import math
 from typing import Any
 
-from bench.common import Timer, banner, load_example, median, parser, quiet_optuna, set_threads, table, write_result
+from bench.common import (
+    Timer,
+    banner,
+    load_example,
+    median,
+    parser,
+    quiet_optuna,
+    set_threads,
+    table,
+    write_result,
+)
 
 SAMPLERS = ("tpe", "random", "gp")
 

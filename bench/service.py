@@ -17,7 +17,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from bench.common import ROOT
 
@@ -27,9 +27,10 @@ PG_ADMIN_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql+psycopg://postgr
 def available() -> str | None:
     """None when the service can run here, else the reason it cannot."""
     try:
-        import app.cli  # noqa: F401
-        import app.worker  # noqa: F401
         import httpx  # noqa: F401
+
+        import app.cli
+        import app.worker  # noqa: F401
     except ImportError as exc:
         return f"the service (app/) is not importable: {exc}"
     return None
@@ -93,7 +94,7 @@ class Service:
             **self.extra_env,
         }
 
-    def __enter__(self) -> Service:
+    def __enter__(self) -> Self:
         import httpx
 
         if self.pg_db is not None:
@@ -103,7 +104,7 @@ class Service:
                 c.execute(f'CREATE DATABASE "{self.pg_db}"')
         subprocess.run([sys.executable, "-m", "app", "migrate"], cwd=ROOT, env=self.env, check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        log = open(self.dir / "api.log", "wb")  # noqa: SIM115
+        log = open(self.dir / "api.log", "wb")
         self.api = subprocess.Popen(
             [sys.executable, "-m", "app", "serve", "--host", "127.0.0.1", "--port", str(self.port),
              "--workers", "0", "--no-migrate"],
@@ -126,10 +127,8 @@ class Service:
         self.stop_workers()
         if self.api is not None:
             self._terminate(self.api)
-        try:
+        if hasattr(self, "client"):
             self.client.close()
-        except Exception:  # noqa: BLE001
-            pass
         if self.pg_db is not None:
             import psycopg
 

@@ -23,7 +23,17 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bench.common import banner, load_example, median, parser, quiet_optuna, ratio, set_threads, table, write_result
+from bench.common import (
+    banner,
+    load_example,
+    median,
+    parser,
+    quiet_optuna,
+    ratio,
+    set_threads,
+    table,
+    write_result,
+)
 
 PARAMS = {"lr": 1e-3, "dropout": 0.1, "weight_decay": 0.0, "optimizer": "adam"}
 

@@ -23,8 +23,8 @@ SETUPS = (("postgres", 1), ("postgres", 2), ("sqlite", 1), ("sqlite", 2))
 
 
 def _ts(s: str) -> float:
-    d = dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
-    return (d if d.tzinfo else d.replace(tzinfo=dt.timezone.utc)).timestamp()
+    d = dt.datetime.fromisoformat(s)
+    return (d if d.tzinfo else d.replace(tzinfo=dt.UTC)).timestamp()
 
 
 def one_run(svc: Any, spec: dict[str, Any], n_workers: int) -> dict[str, Any]:

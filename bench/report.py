@@ -1,0 +1,226 @@
+"""Render docs/BENCHMARKS.md from bench/results/<part>.json (the figures are never typed by hand).
+
+``python -m bench.report`` (``make bench`` runs it last). The notes under each part are the analysis
+written for the latest full run (bench/notes.md sections); the tables, dates and verdicts come from JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from bench.common import RESULTS, ROOT, fmt, table
+
+DOC = ROOT / "docs" / "BENCHMARKS.md"
+NOTES = Path(__file__).resolve().parent / "notes.md"
+PARTS = [
+    ("pruning", "1. Pruning"),
+    ("samplers", "2. Samplers"),
+    ("overhead", "3. Service overhead"),
+    ("trainloop", "4. Training loop"),
+    ("workers", "5. Workers"),
+    ("api_load", "6. API under load"),
+    ("growth", "7. Growth"),
+]
+
+
+def load(part: str) -> dict[str, Any] | None:
+    path = RESULTS / f"{part}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def notes() -> dict[str, str]:
+    """``## part`` sections of bench/notes.md."""
+    if not NOTES.is_file():
+        return {}
+    out: dict[str, str] = {}
+    for block in re.split(r"^## ", NOTES.read_text(), flags=re.MULTILINE)[1:]:
+        name, _, body = block.partition("\n")
+        out[name.strip()] = body.strip()
+    return out
+
+
+def verdict(met: bool | None) -> str:
+    return "-" if met is None else ("**met**" if met else "**missed**")
+
+
+# ------------------------------------------------------------------------------------------ parts
+def pruning(r: dict[str, Any]) -> tuple[str, list[list[str]]]:
+    c = r["config"]
+    lines = []
+    targets = []
+    for key, title in (("holdout", "Holdout: digits MLP"), ("kfold", "K-fold: breast_cancer, k=5")):
+        cfg = c[key]
+        res = r[key]
+        obj = "val_loss (lower is better)" if res["direction"] == "minimize" else "roc_auc (higher is better)"
+        lines.append(f"**{title}** ({cfg['spec']}, {cfg['n_trials']} trials, max {cfg['max_epochs']} epochs, "
+                     f"seeds {c['seeds']}; objective {obj})\n")
+        rows = []
+        for name, s in res["summary"].items():
+            rows.append([name, s["median_epochs"], s["epoch_reduction_vs_none"], s["median_wall_s"],
+                         s["wall_speedup_vs_none"], s["median_best_value"], s["median_test_accuracy"],
+                         s["test_acc_points_lost_vs_none"], s["median_pruned"],
+                         "-" if s["meets_target"] is None else ("met" if s["meets_target"] else "missed")])
+            if s["meets_target"] is not None:
+                targets.append([f"1. pruning, {key}, {name}", ">= 3x fewer epochs, <= 0.5 pts lost",
+                                f"{fmt(s['epoch_reduction_vs_none'], 2)}x, {fmt(s['test_acc_points_lost_vs_none'], 2)} pts",
+                                verdict(s["meets_target"])])
+        lines.append(table(["pruner", "epochs", "x fewer epochs", "wall s", "x faster", "best value",
+                            "test accuracy", "points lost", "trials pruned", "target"], rows,
+                           digits=[0, 0, 2, 1, 2, 4, 4, 2, 0, 0]))
+        lines.append("")
+        lines.append("Pruner settings: " + "; ".join(f"`{n}`: `{json.dumps(p)}`" for n, p in cfg["pruners"].items()))
+        lines.append("")
+    return "\n".join(lines), targets
+
+
+def samplers(r: dict[str, Any]) -> tuple[str, list[list[str]]]:
+    c = r["config"]
+    n = c["n_trials"]
+    rows = [[name, s["median_best_value"], min(s["best_values"]), max(s["best_values"]),
+             s["median_trials_to_reach"] if s["median_trials_to_reach"] is not None else f">{n}",
+             f"{s['runs_reaching']}/{len(c['seeds'])}", s["median_wall_s"]] for name, s in r["summary"].items()]
+    text = (f"{c['spec']}, objective {c['objective']} ({c['direction']}), {n} trials, max {c['max_epochs']} "
+            f"epochs, seeds {c['seeds']}. Threshold for \"trials to reach\": random search's median final "
+            f"best = {fmt(r['threshold_random_median_best'], 4)}.\n\n")
+    text += table(["sampler", "median best", "best run", "worst run", "median trials to reach",
+                   "runs reaching", "median wall s"], rows, digits=[0, 4, 4, 4, 0, 0, 1])
+    return text, []
+
+
+def overhead(r: dict[str, Any]) -> tuple[str, list[list[str]]]:
+    c = r["config"]
+    rows = [[k, s["end_to_end_s_per_trial"], s["ratio_end_to_end"], s["search_s_per_trial"], s["ratio_search"],
+             s["median_epochs"]] for k, s in r["summary"].items()]
+    text = (f"Digits MLP example, {c['n_trials']} trials, max {c['max_epochs']} epochs, {c['repeats']} "
+            f"interleaved repeats, service on {c['backend']} with {c['workers']} worker, {c['threads']} torch thread "
+            "everywhere. Ratios are paired per repeat against the bare in-memory script.\n\n")
+    text += table(["run", "s/trial end to end", "ratio", "s/trial search only", "ratio", "epochs trained"],
+                  rows, digits=[0, 3, 3, 3, 3, 0])
+    t = r["target"]
+    return text, [["3. service overhead", "service/bare <= 1.05 (end to end)", f"{fmt(t['ratio'], 3)}",
+                   verdict(t["met"])]]
+
+
+def trainloop(r: dict[str, Any]) -> tuple[str, list[list[str]]]:
+    c = r["config"]
+    rows = [[k, s["median_epochs_per_s"], s["ratio_to_minimal"]] for k, s in r["summary"].items()]
+    v = r.get("validation_breakdown")
+    text = (f"{c['model']}, {c['optimizer']}, {c['n_train']} training rows, {c['epochs_per_run']} epochs per "
+            f"timed run, {c['rounds']} interleaved rounds, {c['threads']} torch thread.\n\n")
+    text += table(["loop", "epochs/s", "ratio to minimal (b32)"], rows, digits=3)
+    if v:
+        text += (f"\n\nValidation pass per epoch ({v['n_val']} rows): forward pass (`evaluate`) "
+                 f"{fmt(v['evaluate_ms'], 2)} ms, `compute_metrics` {fmt(v['compute_metrics_ms'], 2)} ms.")
+    t = r["target"]
+    return text, [["4. training loop", "ours >= 0.95 of minimal", fmt(t["ratio_ours_to_minimal"], 3),
+                   verdict(t["met"])]]
+
+
+def workers(r: dict[str, Any]) -> tuple[str, list[list[str]]]:
+    c = r["config"]
+    rows = [[k, s["trials_per_min"], s["epochs_per_min"], s["speedup_vs_1_worker"], s["failed_trials"],
+             s["log_warnings"], s["jobs_not_succeeded"]] for k, s in r["summary"].items()]
+    text = (f"{c['n_trials']} equal-cost trials ({c['epochs_per_trial']} epochs, batch {c['batch_size']}) per job, "
+            f"{c['threads_per_worker']} torch thread per worker, {c['repeats']} interleaved repeats; errors are "
+            "summed over the repeats.\n\n")
+    text += table(["set-up", "trials/min", "epochs/min", "x vs 1 worker", "failed trials", "worker log warnings",
+                   "jobs not succeeded"], rows, digits=[0, 1, 0, 2, 0, 0, 0])
+    t = r["target"]
+    sq = r["summary"].get("sqlite, 2 workers", {})
+    return text, [
+        ["5. workers, Postgres", "2 workers >= 1.8x 1 worker", f"{fmt(t['speedup'], 2)}x", verdict(t["met"])],
+        ["5. workers, SQLite", "2 workers: figure and errors",
+         (f"{fmt(sq.get('speedup_vs_1_worker'), 2)}x, {sq.get('failed_trials')} failed trials, "
+         f"{sq.get('log_warnings')} log warnings"), "-"],
+    ]
+
+
+def api_load(r: dict[str, Any]) -> tuple[str, list[list[str]]]:
+    c = r["config"]
+    rows = [[k, x["target_rate"] or "-", x["achieved_rps"], x["p50_ms"], x["p90_ms"], x["p99_ms"], x["max_ms"],
+             x["errors"], x.get("trials_in_study_after")] for k, x in r["results"].items()]
+    text = (f"Service on {c['backend']} (API + 1 worker training: {c['job']}); load: {c['client']}, "
+            f"{fmt(c['rate'], 0)} req/s for {fmt(c['duration_s'], 0)} s per endpoint. Latency from each "
+            "request's scheduled send time.\n\n")
+    text += table(["endpoint", "target req/s", "achieved req/s", "p50 ms", "p90 ms", "p99 ms", "max ms",
+                   "errors", "trials in study after"], rows, digits=[0, 0, 1, 1, 1, 1, 1, 0, 0])
+    t = r["target"]
+    return text, [["6. API under load", f"p99 < 50 ms at {fmt(t['rate'], 0)} req/s", f"p99 {fmt(t['p99_ms'], 1)} ms",
+                   verdict(t["met"])]]
+
+
+def growth(r: dict[str, Any]) -> tuple[str, list[list[str]]]:
+    s = r["sampler"]
+    pts = s["points"]
+    rows = [[lbl, *[x["ms_per_trial"][str(p)] for p in pts], x["growth"]] for lbl, x in s["storages"].items()]
+    text = (f"**Sampler** (TPE, ask + suggest + tell, synthetic objective; median of the {s['window']} trials "
+            f"before each point)\n\n")
+    text += table(["storage", *[f"ms/trial at {p}" for p in pts], f"x ({pts[-1]} vs {pts[0]})"], rows, digits=2)
+    a = r.get("api") or {}
+    text += "\n\n**API** "
+    if a.get("status") != "ok":
+        text += f"- no figures: {a.get('reason', 'not run')}"
+    else:
+        small, big = a["sizes"]
+        text += (f"(SQLite, studies of {small} and {big} trials inserted through Optuna, {a['requests']} sequential "
+                 f"requests per endpoint and size, alternating; insert took "
+                 f"{fmt(a['jobs'][str(big)]['insert_s'], 0)} s for {big} trials)\n\n")
+        rows = [[k, x[f"median_ms_{small}"], x[f"median_ms_{big}"], x[f"p90_ms_{big}"], x["growth"]]
+                for k, x in a["results"].items()]
+        text += table(["endpoint", f"median ms, {small} trials", f"median ms, {big} trials", f"p90 ms, {big}",
+                       "x"], rows, digits=1)
+    return text, []
+
+
+RENDER = {"pruning": pruning, "samplers": samplers, "overhead": overhead, "trainloop": trainloop,
+          "workers": workers, "api_load": api_load, "growth": growth}
+
+
+def main() -> None:
+    docs = {p: load(p) for p, _ in PARTS}
+    note = notes()
+    machine = next((d["machine"] for d in docs.values() if d and "machine" in d), None)
+    out = ["# Benchmarks", "",
+           ("Generated by `python -m bench.report` from `bench/results/<part>.json`; `make bench` "
+           "(`.venv/bin/python -m bench.run_all`) re-runs every part and regenerates this file. Every figure is "
+           "a ratio or a comparison measured side by side in the same run, as medians over repeats "
+           "(seeds, rounds or requests as each part says). Nothing here is part of `make test`."), ""]
+    if note.get("intro"):
+        out += [note["intro"], ""]
+    if machine:
+        out += ["## Machine", "",
+                table(["nproc", "CPU", "RAM GiB", "Python", "torch", "optuna"],
+                      [[machine.get("nproc"), machine.get("cpu"), machine.get("ram_gib"), machine.get("python"),
+                        machine.get("torch"), machine.get("optuna")]]), ""]
+        others = {json.dumps(d["machine"], sort_keys=True) for d in docs.values() if d and "machine" in d}
+        if len(others) > 1:
+            out += ["(Not every part ran on the same machine description; see each JSON file.)", ""]
+    bodies = []
+    targets: list[list[str]] = []
+    for part, title in PARTS:
+        d = docs[part]
+        body = [f"## {title}", ""]
+        if d is None:
+            body += ["No results yet (`bench/results/" + part + ".json` is missing).", ""]
+        elif d.get("status") == "skipped":
+            body += [f"Command: `{d['command']}` - run {d['date']}", "",
+                     f"**No figures:** {d['reason']}", ""]
+        else:
+            text, t = RENDER[part](d)
+            targets += t
+            body += [f"Command: `{d['command']}` - run {d['date']} at commit `{d.get('commit')}`", "", text, ""]
+        if note.get(part):
+            body += [note[part], ""]
+        bodies += body
+    if targets:
+        out += ["## Targets at a glance", "", table(["part", "target", "figure", "verdict"], targets), ""]
+    out += bodies
+    DOC.write_text("\n".join(out).rstrip() + "\n")
+    print(f"wrote {DOC.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
