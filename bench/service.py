@@ -97,6 +97,10 @@ class Service:
     def __enter__(self) -> Self:
         import httpx
 
+        # A SIGTERM to the benchmark must still stop the API/workers and drop the database (__exit__).
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
         if self.pg_db is not None:
             import psycopg
 
