@@ -194,7 +194,7 @@ def main() -> None:
         out += ["## Machine", "",
                 table(["nproc", "CPU", "RAM GiB", "Python", "torch", "optuna"],
                       [[machine.get("nproc"), machine.get("cpu"), machine.get("ram_gib"), machine.get("python"),
-                        machine.get("torch"), machine.get("optuna")]]), ""]
+                        machine.get("torch"), machine.get("optuna")]], digits=1), ""]
         others = {json.dumps(d["machine"], sort_keys=True) for d in docs.values() if d and "machine" in d}
         if len(others) > 1:
             out += ["(Not every part ran on the same machine description; see each JSON file.)", ""]
