@@ -159,12 +159,16 @@ def fit(
         if val is None:
             continue
         val_loss, outputs = evaluate(model, val[0], val[1], task)
-        metrics = val_metrics_fn(outputs, val_loss)  # type: ignore[misc]
-        value = objective_value(cfg.objective, metrics)
+        # The full metrics (ROC-AUC etc.) cost more than the validation pass itself: with the default
+        # objective they are computed only for an epoch that becomes the best one.
+        metrics = None if cfg.objective == "val_loss" else val_metrics_fn(outputs, val_loss)  # type: ignore[misc]
+        value = val_loss if metrics is None else objective_value(cfg.objective, metrics)
         if not math.isfinite(value):
             raise TrialConfigError(f"validation {cfg.objective} is {value} at epoch {epoch}")
         result.val_curve.append(value)
         if _improved(value, result.best_value, cfg):
+            if metrics is None:
+                metrics = val_metrics_fn(outputs, val_loss)  # type: ignore[misc]
             result.best_epoch, result.best_value, result.val_metrics = epoch, value, metrics
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             since_best = 0

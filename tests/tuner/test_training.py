@@ -28,7 +28,16 @@ def _scripted(values: list[float], key: str = "loss"):
     return lambda outputs, loss: {key: next(it)}
 
 
-def test_early_stopping_restores_best_epoch_weights() -> None:
+def _scripted_loss(monkeypatch: pytest.MonkeyPatch, values: list[float]) -> None:
+    """Script the validation loss itself (the val_loss objective is read from it, not from metrics)."""
+    import tuner.training as training
+
+    it = iter(values)
+    real = training.evaluate
+    monkeypatch.setattr(training, "evaluate", lambda *a, **k: (next(it), real(*a, **k)[1]))
+
+
+def test_early_stopping_restores_best_epoch_weights(monkeypatch: pytest.MonkeyPatch) -> None:
     model = _model()
     snapshots: dict[int, dict[str, torch.Tensor]] = {}
 
@@ -37,6 +46,7 @@ def test_early_stopping_restores_best_epoch_weights() -> None:
 
     values = [5.0, 4.0, 3.0, 3.5, 4.0, 4.5, 5.0, 6.0, 7.0, 8.0]
     cfg = TrainConfig(lr=0.05, batch_size=16, max_epochs=10, patience=3)
+    _scripted_loss(monkeypatch, values)
     result = fit(model, _data(), _data(seed=1), cfg, task="classification",
                  val_metrics_fn=_scripted(values), on_epoch=on_epoch)
     assert result.best_epoch == 3 and result.best_value == 3.0
@@ -49,15 +59,32 @@ def test_early_stopping_restores_best_epoch_weights() -> None:
     assert not model.training
 
 
-def test_min_delta_and_maximize_direction() -> None:
+def test_min_delta_and_maximize_direction(monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = TrainConfig(lr=0.01, batch_size=16, max_epochs=10, patience=2, min_delta=0.05)
+    _scripted_loss(monkeypatch, [1.0, 0.98, 0.97, 0.9])
     result = fit(_model(), _data(), _data(seed=1), cfg, task="classification",
                  val_metrics_fn=_scripted([1.0, 0.98, 0.97, 0.9]))
     assert result.best_epoch == 1 and result.epochs_run == 3
+    monkeypatch.undo()
     cfg = TrainConfig(lr=0.01, batch_size=16, max_epochs=5, patience=2, objective="accuracy", direction="maximize")
     result = fit(_model(), _data(), _data(seed=1), cfg, task="classification",
                  val_metrics_fn=_scripted([0.5, 0.7, 0.6, 0.65, 0.9], "accuracy"))
     assert result.best_epoch == 2 and result.best_value == 0.7 and result.epochs_run == 4
+
+
+def test_val_loss_objective_computes_metrics_only_for_new_best_epochs(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[float] = []
+    _scripted_loss(monkeypatch, [3.0, 2.0, 2.5, 1.0, 1.5, 1.6])
+
+    def metrics(outputs: np.ndarray, loss: float) -> dict[str, float]:
+        calls.append(loss)
+        return {"loss": loss, "accuracy": 0.5}
+
+    cfg = TrainConfig(lr=0.01, batch_size=16, max_epochs=6, patience=5)
+    result = fit(_model(), _data(), _data(seed=1), cfg, task="classification", val_metrics_fn=metrics)
+    assert calls == [3.0, 2.0, 1.0]
+    assert result.best_epoch == 4 and result.val_metrics == {"loss": 1.0, "accuracy": 0.5}
+    assert result.val_curve == [3.0, 2.0, 2.5, 1.0, 1.5, 1.6]
 
 
 def test_real_training_learns_and_without_validation_runs_all_epochs() -> None:
