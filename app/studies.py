@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
+
+import sqlalchemy as sa
 
 import optuna
 from optuna.trial import FrozenTrial
 
 from tuner.runner import build_result, trial_counts
 
-__all__ = ["load_study", "study_summary", "trial_dict"]
+__all__ = ["load_study", "progress_summary", "study_summary", "trial_dict"]
 
 
 def load_study(storage: optuna.storages.BaseStorage, study_name: str) -> optuna.Study | None:
@@ -26,6 +29,51 @@ def study_summary(study: optuna.Study | None) -> dict[str, Any]:
     if study is None:
         return {"counts": {}, "best_trial": None, "test_metrics": None, "model_path": None}
     return build_result(study)
+
+
+_COUNT_BY_STATE = sa.text("SELECT state, COUNT(*) FROM trials WHERE study_id = :sid GROUP BY state")
+_COUNT_CONFIG_FAILED = sa.text(
+    "SELECT COUNT(*) FROM trials t JOIN trial_system_attributes a ON a.trial_id = t.trial_id"
+    " WHERE t.study_id = :sid AND t.state = 'FAIL' AND a.key = 'failure' AND a.value_json = :v"
+)
+
+
+def progress_summary(storage: optuna.storages.BaseStorage, study_name: str) -> dict[str, Any]:
+    """What :func:`study_summary` returns, without loading every trial.
+
+    ``GET /jobs/{id}`` is polled often and a study may hold thousands of trials with their curves:
+    counts come from two aggregate queries on Optuna's tables, the best trial from the storage's own
+    ``get_best_trial``. Storages other than RDB fall back to the full load.
+    """
+    if not isinstance(storage, optuna.storages.RDBStorage):
+        return study_summary(load_study(storage, study_name))
+    try:
+        sid = storage.get_study_id_from_name(study_name)
+    except KeyError:
+        return study_summary(None)
+    with storage.engine.connect() as conn:
+        by_state = {str(st).rsplit(".", 1)[-1].upper(): int(n) for st, n in conn.execute(_COUNT_BY_STATE, {"sid": sid})}
+        config_failed = int(conn.execute(_COUNT_CONFIG_FAILED, {"sid": sid, "v": json.dumps("config")}).scalar() or 0)
+    counts = {
+        "complete": by_state.get("COMPLETE", 0),
+        "pruned": by_state.get("PRUNED", 0),
+        "failed": by_state.get("FAIL", 0) - config_failed,
+        "config_failed": config_failed,
+        "running": by_state.get("RUNNING", 0),
+        "waiting": by_state.get("WAITING", 0),
+    }
+    counts["counted"] = counts["complete"] + counts["pruned"] + config_failed
+    best_trial = None
+    if counts["complete"]:
+        try:
+            bt = storage.get_best_trial(sid)
+            best_trial = {"number": bt.number, "params": bt.params, "value": bt.value,
+                          "best_epoch": bt.user_attrs.get("best_epoch")}
+        except ValueError:
+            pass
+    attrs = storage.get_study_user_attrs(sid)
+    return {"counts": counts, "best_trial": best_trial, "test_metrics": attrs.get("test_metrics"),
+            "model_path": attrs.get("model_path")}
 
 
 def _finite(v: float | None) -> float | None:

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from app.errors import Conflict, FieldErrors, NotFound, field_error
 from app.models import Dataset, Job, JobStatus, utcnow
-from app.studies import load_study, study_summary
+from app.studies import progress_summary
 from tuner.spec import JobSpec, objective_errors
 
 PATH_REFUSED = "dataset.path: server file paths are not accepted; upload the file with POST /datasets"
@@ -81,7 +81,7 @@ def list_jobs(session: Session, *, status: JobStatus | None, limit: int, offset:
 
 def job_detail(job: Job, storage: optuna.storages.BaseStorage) -> dict[str, Any]:
     """The job row plus progress and best trial from its study (stored results once finished)."""
-    summary = study_summary(load_study(storage, job.study_name))
+    summary = progress_summary(storage, job.study_name)
     counts = summary["counts"]
     return {
         **{c: getattr(job, c) for c in (

@@ -1,0 +1,32 @@
+"""app/studies.py: the aggregate-query progress summary agrees with loading the whole study."""
+
+from __future__ import annotations
+
+import optuna
+from optuna.trial import TrialState
+
+from app.core.config import Settings
+from app.db import make_storage
+from app.studies import load_study, progress_summary, study_summary
+
+
+def test_progress_summary_matches_full_load(settings: Settings) -> None:
+    storage = make_storage(settings.database_url)
+    assert progress_summary(storage, "absent") == study_summary(None)
+    study = optuna.create_study(storage=storage, study_name="s", direction="minimize")
+    dist = optuna.distributions.FloatDistribution(0.0, 1.0)
+    for i, state in enumerate([TrialState.COMPLETE, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL,
+                               TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING]):
+        value = [0.5, 0.2][i] if state == TrialState.COMPLETE else None
+        system = {"failure": "config"} if i == 3 else {}
+        study.add_trial(optuna.trial.create_trial(
+            state=state, value=value, params={"x": 0.1 * i}, distributions={"x": dist},
+            user_attrs={"best_epoch": i + 1}, system_attrs=system,
+        ))
+    study.set_user_attr("test_metrics", {"accuracy": 0.9})
+    fast = progress_summary(storage, "s")
+    full = study_summary(load_study(storage, "s"))
+    assert fast == {k: full[k] for k in ("counts", "best_trial", "test_metrics", "model_path")}
+    assert fast["counts"] == {"complete": 2, "pruned": 1, "failed": 1, "config_failed": 1, "running": 1,
+                              "waiting": 1, "counted": 4}
+    assert fast["best_trial"]["number"] == 1 and fast["best_trial"]["best_epoch"] == 2
