@@ -92,6 +92,7 @@ class TrialPublic(BaseModel):
     val_metrics: dict[str, Any] | None = None
     duration_s: float | None = None
     worker: str | None = None
+    device: str | None = None
     fail_reason: str | None = None
     interrupted: bool = False
     retry_of: int | None = None

@@ -97,6 +97,7 @@ def trial_dict(t: FrozenTrial) -> dict[str, Any]:
         "val_metrics": ua.get("val_metrics"),
         "duration_s": duration,
         "worker": ua.get("worker"),
+        "device": ua.get("device"),
         "fail_reason": ua.get("fail_reason"),
         "interrupted": bool(t.system_attrs.get("interrupted", False)),
         "retry_of": t.system_attrs.get("failed_trial"),

@@ -150,6 +150,7 @@ class Objective:
         started = time.perf_counter()
         if self.worker_id is not None:
             trial.set_user_attr("worker", self.worker_id)
+        trial.set_user_attr("device", str(self.device))
         try:
             params = suggest_params(trial, self.spec)
             if self.spec.split.validation.kind == "kfold":

@@ -31,7 +31,7 @@ def test_holdout_reports_every_epoch_and_records_user_attrs(make_spec) -> None:
         assert t.state == TrialState.COMPLETE
         ua = t.user_attrs
         assert set(ua) >= {"best_epoch", "train_curve", "val_curve", "duration_s", "val_metrics", "worker"}
-        assert ua["worker"] == "host:1"
+        assert ua["worker"] == "host:1" and ua["device"] == "cpu"
         assert sorted(t.intermediate_values) == list(range(1, len(ua["val_curve"]) + 1))
         assert list(t.intermediate_values.values()) == pytest.approx(ua["val_curve"])
         assert t.value == pytest.approx(min(ua["val_curve"]))
