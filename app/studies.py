@@ -13,7 +13,7 @@ from optuna.trial import FrozenTrial
 
 from tuner.runner import build_result, trial_counts
 
-__all__ = ["load_study", "progress_summary", "study_summary", "trial_dict"]
+__all__ = ["load_study", "progress_summary", "trial_page", "study_summary", "trial_dict"]
 
 
 def load_study(storage: optuna.storages.BaseStorage, study_name: str) -> optuna.Study | None:
@@ -74,6 +74,29 @@ def progress_summary(storage: optuna.storages.BaseStorage, study_name: str) -> d
     attrs = storage.get_study_user_attrs(sid)
     return {"counts": counts, "best_trial": best_trial, "test_metrics": attrs.get("test_metrics"),
             "model_path": attrs.get("model_path")}
+
+
+_PAGE_IDS = sa.text(
+    "SELECT trial_id FROM trials WHERE study_id = :sid ORDER BY number LIMIT :limit OFFSET :offset"
+)
+_COUNT_ALL = sa.text("SELECT COUNT(*) FROM trials WHERE study_id = :sid")
+
+
+def trial_page(storage: optuna.storages.BaseStorage, study_name: str, *, limit: int, offset: int
+               ) -> tuple[list[FrozenTrial], int]:
+    """One page of trials in number order and the total, reading only that page's trials (RDB storage)."""
+    if not isinstance(storage, optuna.storages.RDBStorage):
+        study = load_study(storage, study_name)
+        trials = study.get_trials(deepcopy=False) if study is not None else []
+        return list(trials[offset : offset + limit]), len(trials)
+    try:
+        sid = storage.get_study_id_from_name(study_name)
+    except KeyError:
+        return [], 0
+    with storage.engine.connect() as conn:
+        total = int(conn.execute(_COUNT_ALL, {"sid": sid}).scalar() or 0)
+        ids = [r[0] for r in conn.execute(_PAGE_IDS, {"sid": sid, "limit": limit, "offset": offset})]
+    return [storage.get_trial(tid) for tid in ids], total
 
 
 def _finite(v: float | None) -> float | None:

@@ -7,7 +7,7 @@ from optuna.trial import TrialState
 
 from app.core.config import Settings
 from app.db import make_storage
-from app.studies import load_study, progress_summary, study_summary
+from app.studies import load_study, progress_summary, study_summary, trial_page
 
 
 def test_progress_summary_matches_full_load(settings: Settings) -> None:
@@ -30,3 +30,18 @@ def test_progress_summary_matches_full_load(settings: Settings) -> None:
     assert fast["counts"] == {"complete": 2, "pruned": 1, "failed": 1, "config_failed": 1, "running": 1,
                               "waiting": 1, "counted": 4}
     assert fast["best_trial"]["number"] == 1 and fast["best_trial"]["best_epoch"] == 2
+
+
+def test_trial_page_matches_slicing_the_full_list(settings: Settings) -> None:
+    storage = make_storage(settings.database_url)
+    assert trial_page(storage, "absent", limit=10, offset=0) == ([], 0)
+    study = optuna.create_study(storage=storage, study_name="p")
+    for i in range(7):
+        study.enqueue_trial({"x": i})
+        study.tell(study.ask({"x": optuna.distributions.IntDistribution(0, 9)}), float(i))
+    full = load_study(storage, "p").get_trials()
+    for offset, limit in [(0, 3), (3, 3), (6, 3), (9, 3)]:
+        page, total = trial_page(storage, "p", limit=limit, offset=offset)
+        assert total == 7
+        assert [(t.number, t.params, t.value) for t in page] == [
+            (t.number, t.params, t.value) for t in full[offset : offset + limit]]

@@ -10,7 +10,7 @@ from app.api.deps import SessionDep, SettingsDep, StorageDep, WriteSessionDep
 from app.models import JobStatus
 from app.schemas import JobPublic, JobSummary, Page, TrialPublic
 from app.services import jobs as service
-from app.studies import load_study, trial_dict
+from app.studies import trial_dict, trial_page
 from tuner.spec import JobSpec
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -49,10 +49,8 @@ def read_trials(
 ) -> dict[str, Any]:
     """Every trial in number order: params, value, learning curve, duration, worker, failure reason."""
     job = service.get_job(session, job_id)
-    study = load_study(storage, job.study_name)
-    trials = study.get_trials(deepcopy=False) if study is not None else []
-    page = [trial_dict(t) for t in trials[offset : offset + limit]]
-    return {"items": page, "total": len(trials), "limit": limit, "offset": offset}
+    trials, total = trial_page(storage, job.study_name, limit=limit, offset=offset)
+    return {"items": [trial_dict(t) for t in trials], "total": total, "limit": limit, "offset": offset}
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic)
