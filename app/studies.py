@@ -6,14 +6,13 @@ import json
 import math
 from typing import Any
 
-import sqlalchemy as sa
-
 import optuna
+import sqlalchemy as sa
 from optuna.trial import FrozenTrial
 
 from tuner.runner import build_result, trial_counts
 
-__all__ = ["load_study", "progress_summary", "trial_page", "study_summary", "trial_dict"]
+__all__ = ["load_study", "progress_summary", "study_summary", "trial_dict", "trial_page"]
 
 
 def load_study(storage: optuna.storages.BaseStorage, study_name: str) -> optuna.Study | None:
