@@ -17,6 +17,9 @@ migrate: install
 	$(VENV)/bin/tuner migrate
 
 run: install migrate
+	@echo "tuneserve on http://127.0.0.1:8000 (API docs: /docs). In another terminal, submit an example:"
+	@echo "  curl -s -X POST http://127.0.0.1:8000/jobs -H 'content-type: application/json' -d @examples/digits-mlp.json"
+	@echo "  curl -s http://127.0.0.1:8000/jobs/<id>        # status, progress, best_trial, test_metrics"
 	$(VENV)/bin/tuner serve --host 127.0.0.1 --port 8000
 
 test: install
