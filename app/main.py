@@ -15,18 +15,10 @@ from app.core.config import Settings, get_settings
 from app.db import get_engine, make_storage
 from app.errors import DomainError
 from app.services.jobs import PATH_REFUSED
+from tuner.spec import error_reason
 
 __all__ = ["create_app", "validation_errors"]
 
-_FRIENDLY = {
-    "greater_than_equal": "must be at least {ge}",
-    "greater_than": "must be > {gt}",
-    "less_than_equal": "must be at most {le}",
-    "less_than": "must be < {lt}",
-    "missing": "is required",
-    "extra_forbidden": "unknown field",
-    "string_too_short": "must not be empty",
-}
 _SKIP = ("holdout", "kfold")
 
 
@@ -40,12 +32,7 @@ def validation_errors(errors: Any) -> list[dict[str, Any]]:
     for err in errors:
         loc = [p for p in err["loc"] if not (isinstance(p, str) and p in _SKIP)]
         where = [p for p in loc if p not in ("body", "query", "path", "form", "header")]
-        ctx = err.get("ctx") or {}
-        template = _FRIENDLY.get(err["type"])
-        msg = template.format(**ctx) if template else err["msg"]
-        if err["type"] == "value_error" and "error" in ctx:
-            msg = str(ctx["error"])
-        for part in str(msg).split("\n"):
+        for part in error_reason(err).split("\n"):
             head = part.split(": ", 1)[0]
             if ": " in part and " " not in head:
                 extra = [int(p) if p.isdigit() else p for p in head.split(".")]

@@ -24,6 +24,7 @@ __all__ = [
     "JobSpec",
     "ParamSpec",
     "SpecError",
+    "error_reason",
     "format_validation_error",
     "load_spec",
     "parse_spec",
@@ -400,16 +401,22 @@ _FRIENDLY = {
 }
 
 
+def error_reason(err: Any) -> str:
+    """The reason of one pydantic error, in the spec's wording (shared with the API's 422 replies)."""
+    ctx = err.get("ctx") or {}
+    template = _FRIENDLY.get(err["type"])
+    msg = template.format(**ctx) if template else err["msg"]
+    if err["type"] == "value_error" and "error" in ctx:
+        msg = str(ctx["error"])
+    return str(msg)
+
+
 def format_validation_error(exc: ValidationError) -> list[str]:
     """Turn pydantic's errors into ``dotted.field: reason`` lines."""
     lines: list[str] = []
     for err in exc.errors():
         loc = [str(p) for p in err["loc"] if not (isinstance(p, str) and p in ("holdout", "kfold"))]
-        ctx = err.get("ctx") or {}
-        template = _FRIENDLY.get(err["type"])
-        msg = template.format(**ctx) if template else err["msg"]
-        if err["type"] == "value_error":
-            msg = str(ctx.get("error", msg))
+        msg = error_reason(err)
         for part in msg.split("\n"):
             # Model validators phrase their own "field: reason"; prefix the location they belong to.
             if ":" in part and not loc:
