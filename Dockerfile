@@ -11,7 +11,6 @@ RUN pip install --index-url "${TORCH_INDEX_URL}" torch==2.13.0
 COPY pyproject.toml constraints.txt README.md alembic.ini ./
 COPY tuner ./tuner
 COPY app ./app
-COPY migrations ./migrations
 COPY examples ./examples
 RUN pip install -c constraints.txt .
 

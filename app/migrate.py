@@ -18,18 +18,17 @@ VERSION_TABLE = "tuneserve_alembic_version"
 
 
 def _migrations_dir() -> Path:
-    """``migrations/`` next to the source tree (editable install), else in the working directory."""
-    for base in (Path(__file__).resolve().parent.parent, Path.cwd()):
-        if (base / "migrations" / "env.py").is_file():
-            return base / "migrations"
-    raise RuntimeError("cannot find the migrations/ folder (run from the project directory)")
+    """``app/migrations/``: shipped inside the package, so ``tuner migrate`` works after ``pip install .``."""
+    mig = Path(__file__).resolve().parent / "migrations"
+    if not (mig / "env.py").is_file():
+        raise RuntimeError(f"the migrations are missing from the installed package ({mig})")
+    return mig
 
 
 def alembic_config(url: str | None = None, *, quiet: bool = True) -> Config:
     """An Alembic config that works from any directory; ``url`` overrides the settings' database URL."""
     mig = _migrations_dir()
-    ini = mig.parent / "alembic.ini"
-    cfg = Config(str(ini) if ini.is_file() else None)
+    cfg = Config()
     cfg.set_main_option("script_location", str(mig))
     if url:
         cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
@@ -55,7 +54,11 @@ def upgrade(url: str, *, quiet: bool = True) -> None:
     from app.db import make_storage
 
     storage = make_storage(url)  # creates Optuna's tables and records its schema version
-    storage.engine.dispose()
+    try:
+        if storage.get_current_version() != storage.get_head_version():
+            storage.upgrade()  # what `optuna storage upgrade` does, for a database made by an older Optuna
+    finally:
+        storage.engine.dispose()
 
 
 def head_revision() -> str | None:

@@ -1,0 +1,27 @@
+"""robustness: worker heartbeats, job retry counts
+
+Revision ID: 0002
+Revises: 0001
+Create Date: 2026-11-23
+
+A placeholder reserved for the robustness (issue 8) work so that parallel branches keep one linear history;
+it changes nothing until that work fills it in.
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa  # noqa: F401
+from alembic import op  # noqa: F401
+
+revision: str = "0002"
+down_revision: str | None = "0001"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    pass
+
+
+def downgrade() -> None:
+    pass
