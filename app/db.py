@@ -8,6 +8,7 @@ has to upgrade its lock mid-transaction. Postgres (``postgresql+psycopg://``) us
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -20,8 +21,11 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.models import utcnow
+
 __all__ = [
     "SQLITE_BUSY_TIMEOUT_S",
+    "RetryingHeartbeatRDBStorage",
     "SlotReleasingRetryCallback",
     "get_engine",
     "make_engine",
@@ -101,16 +105,38 @@ def session_scope(engine: Engine, *, write: bool = False) -> Iterator[Session]:
         session.close()
 
 
-def release_slot(engine: Engine, *, study_name: str | None = None, job_id: str | None = None) -> bool:
-    """Give back one claimed trial slot of a job (by study name or id); False when none was claimed."""
-    from app.models import Job
+def release_slot(
+    engine: Engine, *, study_name: str | None = None, job_id: str | None = None, trial_id: int | None = None
+) -> bool:
+    """Give back one claimed trial slot of a job (by study name or id); False when none was given back.
+
+    With ``trial_id`` (Optuna's trial id) the release is idempotent: a ``slot_releases`` row keyed by
+    (job, trial) is inserted in the same transaction (``ON CONFLICT DO NOTHING``), so the worker whose trial
+    was interrupted and the stale-trial callback of another worker cannot both give back its slot.
+    """
+    from app.models import Job, SlotRelease
 
     cond = Job.study_name == study_name if study_name is not None else Job.id == job_id
     with session_scope(engine, write=True) as s:
+        if trial_id is not None:
+            jid = job_id if job_id is not None else s.scalar(sa.select(Job.id).where(cond))
+            if jid is None:
+                return False
+            insert = _insert_ignore(engine)(SlotRelease).values(job_id=jid, trial_id=trial_id, released_at=utcnow())
+            if s.execute(insert.on_conflict_do_nothing()).rowcount != 1:  # type: ignore[attr-defined]
+                return False  # released before
         res = s.execute(
             sa.update(Job).where(cond, Job.trials_claimed > 0).values(trials_claimed=Job.trials_claimed - 1)
         )
         return bool(res.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def _insert_ignore(engine: Engine) -> Any:
+    if engine.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert
 
 
 class SlotReleasingRetryCallback:
@@ -129,8 +155,33 @@ class SlotReleasingRetryCallback:
         try:
             self._retry(study, trial)
         finally:
-            released = release_slot(get_engine(self.url), study_name=study.study_name)
+            released = release_slot(get_engine(self.url), study_name=study.study_name, trial_id=trial._trial_id)
             log.info("stale trial %s of %s failed; slot released=%s", trial.number, study.study_name, released)
+
+
+class RetryingHeartbeatRDBStorage(optuna.storages.RDBStorage):
+    """Optuna's RDB storage whose trial heartbeat survives database blips.
+
+    Optuna's heartbeat thread (``optuna.storages._heartbeat.HeartbeatThread``) calls ``record_heartbeat``
+    in a loop with no ``try``: the first failed write ends the thread, the trial goes stale after the grace
+    period and another worker fails it although it is alive. Here a failed write is retried a few times with
+    back-off (within one heartbeat interval) and then given up until the next beat; it never raises.
+    """
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        delay, budget = 0.05, max(0.2, (self.heartbeat_interval or 1) / 2)
+        started = time.monotonic()
+        while True:
+            try:
+                super().record_heartbeat(trial_id)
+                return
+            except Exception as exc:  # noqa: BLE001 - never let the heartbeat thread die
+                if time.monotonic() - started + delay > budget:
+                    log.warning("trial %d: heartbeat not recorded (%s); next beat retries",
+                                trial_id, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                    return
+                time.sleep(delay)
+                delay *= 2
 
 
 def make_storage(
@@ -147,7 +198,7 @@ def make_storage(
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(
+        return RetryingHeartbeatRDBStorage(
             url,
             engine_kwargs=kwargs,
             heartbeat_interval=heartbeat_interval,

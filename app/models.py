@@ -13,7 +13,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["ACTIVE_STATUSES", "FINISHED_STATUSES", "Base", "Dataset", "Job", "JobStatus", "utcnow"]
+__all__ = [
+    "ACTIVE_STATUSES", "FINISHED_STATUSES", "Base", "Dataset", "Job", "JobStatus", "SlotRelease", "WorkerRow", "utcnow",
+]
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -117,3 +119,37 @@ class Job(Base):
     test_metrics: Mapped[dict[str, Any] | None] = mapped_column()
     best_trial: Mapped[dict[str, Any] | None] = mapped_column()
     finalized_by: Mapped[str | None] = mapped_column(sa.String(255))
+    # job-level failures (start, data preparation, finalisation; a worker that died in one of them):
+    # after ``Settings.job_max_failures`` the job ends failed with ``last_error``
+    failures: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
+    last_error: Mapped[str | None] = mapped_column(sa.Text)
+
+
+class WorkerRow(Base):
+    """A live worker process: written at start, every ``worker_heartbeat_s``, removed at a clean stop.
+
+    ``phase`` is ``preparing`` or ``finalizing`` while the worker loads a job's data or scores it (written
+    before the step starts), so a worker killed there (out of memory) counts as a failure of that job.
+    """
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(sa.String(255), primary_key=True)
+    host: Mapped[str] = mapped_column(sa.String(255))
+    pid: Mapped[int] = mapped_column(sa.Integer)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    current_job: Mapped[str | None] = mapped_column(sa.String(36))
+    phase: Mapped[str | None] = mapped_column(sa.String(20))
+
+
+class SlotRelease(Base):
+    """One row per trial whose claimed slot was given back: the primary key makes a release idempotent."""
+
+    __tablename__ = "slot_releases"
+
+    job_id: Mapped[str] = mapped_column(
+        sa.String(36), sa.ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    trial_id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=False)
+    released_at: Mapped[datetime] = mapped_column(default=utcnow)

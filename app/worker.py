@@ -25,9 +25,11 @@ from typing import Any
 import optuna
 import sqlalchemy as sa
 import torch
+from optuna.trial import TrialState
 
 from app.core.config import Settings
 from app.db import get_engine, make_storage, release_slot, session_scope
+from app.liveness import count_failure, reap_dead_workers, set_phase, unregister_worker, worker_beat
 from app.models import Dataset, Job, JobStatus, utcnow
 from tuner.data import PreparedData, prepare_data
 from tuner.errors import StopRequested
@@ -40,6 +42,7 @@ __all__ = ["Worker", "run_worker"]
 log = logging.getLogger(__name__)
 CANCEL_CHECK_S = 1.0
 MAINTENANCE_EVERY_S = 2.0
+MAINTENANCE_PAGE = 50
 _CACHED_JOBS = 4
 _INFRA_ERRORS: tuple[type[BaseException], ...] = (sa.exc.OperationalError, sa.exc.InterfaceError,
                                                   optuna.exceptions.StorageInternalError)
@@ -84,6 +87,7 @@ class Worker:
         self._cancel: dict[str, _CancelCache] = {}
         self._leaks: dict[str, _Leak] = {}
         self._last_maintenance = 0.0
+        self._current_job: str | None = None
 
     # ------------------------------------------------------------------------------------ control
     def request_stop(self) -> None:
@@ -111,19 +115,43 @@ class Worker:
         return cache.value
 
     def run(self) -> None:
+        """Until stopped: no exception from one job ends the loop (each job step is guarded, see
+        ``run_once``); database errors are waited out; a heartbeat row says this worker is alive."""
         log.info("worker %s started (device %s, %d torch threads)", self.worker_id, self.settings.device,
                  torch.get_num_threads())
-        self.recover()
-        while not self.stopping:
+        beat = threading.Thread(target=self._worker_heartbeat, name="worker-heartbeat", daemon=True)
+        beat.start()
+        try:
+            while not self.stopping:
+                try:
+                    busy = self.run_once()
+                except _INFRA_ERRORS as exc:
+                    log.warning("database error, retrying: %s", str(exc).splitlines()[0])
+                    busy = False
+                    self._stop.wait(min(5.0, self.settings.poll_interval_s * 4))
+                except Exception:  # a bug outside any one job's steps: log it, keep serving the others
+                    log.exception("worker %s: unexpected error; going on", self.worker_id)
+                    busy = False
+                    self._stop.wait(min(5.0, self.settings.poll_interval_s * 4))
+                if not busy:
+                    self._stop.wait(self.settings.poll_interval_s)
+        finally:
+            self._stop.set()
+            beat.join(timeout=5)
             try:
-                busy = self.run_once()
-            except _INFRA_ERRORS as exc:
-                log.warning("database error, retrying: %s", str(exc).splitlines()[0])
-                busy = False
-                self._stop.wait(min(5.0, self.settings.poll_interval_s * 4))
-            if not busy:
-                self._stop.wait(self.settings.poll_interval_s)
+                unregister_worker(self.engine, self.worker_id)
+            except Exception as exc:  # noqa: BLE001 - the row goes stale and is reaped
+                log.info("worker row not removed (%s); it is reaped after the grace period", type(exc).__name__)
         log.info("worker %s stopped", self.worker_id)
+
+    def _worker_heartbeat(self) -> None:
+        while True:
+            try:
+                worker_beat(self.engine, self.worker_id, self._current_job)
+            except Exception as exc:  # noqa: BLE001 - a blip: beat again next time
+                log.warning("worker heartbeat not written: %s", str(exc).splitlines()[0] if str(exc) else exc)
+            if self._stop.wait(self.settings.worker_heartbeat_s):
+                return
 
     def run_once(self) -> bool:
         """Maintenance when due, then at most one trial; False when there was nothing to do."""
@@ -132,8 +160,17 @@ class Worker:
         for job_id in self._candidates():
             if self.stopping:
                 return True
-            if self._work_on(job_id):
+            self._current_job = job_id
+            try:
+                if self._work_on(job_id):
+                    return True
+            except _INFRA_ERRORS:
+                raise
+            except Exception as exc:  # noqa: BLE001 - one job's bug must not end the worker
+                self._job_error(job_id, "worker", exc)
                 return True
+            finally:
+                self._current_job = None
         return False
 
     # --------------------------------------------------------------------------------- job choice
@@ -194,7 +231,9 @@ class Worker:
         ctx = self._jobs.get(job_id)
         if ctx is None:
             spec = JobSpec.model_validate(spec_json)
+            set_phase(self.engine, self.worker_id, job_id, "preparing")  # a kill from here on counts
             data = prepare_data(spec, resolve_upload=self._resolve_upload)
+            set_phase(self.engine, self.worker_id, job_id, None)
             study = open_study(spec, self.storage, study_name)
             objective = Objective(
                 spec, data, device=self.settings.device, should_stop=lambda: self._should_stop(job_id),
@@ -212,7 +251,15 @@ class Worker:
 
     # ------------------------------------------------------------------------------- one trial
     def _work_on(self, job_id: str) -> bool:
-        self._start(job_id)
+        """Start the job, load its data, claim a slot, run one trial, settle. Each step is guarded: an
+        unexpected exception counts as a failure of this job (see :meth:`_job_error`), never of the worker."""
+        try:
+            self._start(job_id)
+        except _INFRA_ERRORS:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            self._job_error(job_id, "starting the job", exc)
+            return True
         job = self._load(job_id)
         if job is None or job.status != JobStatus.running:
             return False
@@ -220,34 +267,65 @@ class Worker:
             ctx = self._context(job_id, job.spec, job.study_name)
         except _INFRA_ERRORS:
             raise
-        except Exception as exc:  # noqa: BLE001 - bad data/spec at run time: the job fails, the worker goes on
+        except SpecError as exc:  # the spec cannot run here at all: fail at once
             self._fail(job_id, _message(exc))
+            return True
+        except Exception as exc:  # noqa: BLE001 - bad data, out of memory: counted, bounded retries
+            self._job_error(job_id, "loading the data", exc)
             return True
         if not self._claim(job_id):
             return False
         log.info("job %s: trial slot claimed by %s", job_id, self.worker_id)
+        tracked = _TrackedObjective(ctx.objective)
         try:
-            optimize(ctx.study, ctx.objective, n_trials=1, timeout_s=None)
+            optimize(ctx.study, tracked, n_trials=1, timeout_s=None)
         except StopRequested:
-            release_slot(self.engine, job_id=job_id)
+            self._give_back(job_id, ctx, tracked.trial_id)
             self._settle(job_id, ctx)  # cancelled once no trial of it runs any more
             return True
         except _INFRA_ERRORS:
-            self._try_release(job_id)
+            self._give_back(job_id, ctx, tracked.trial_id)
             raise
         except Exception as exc:
-            self._try_release(job_id)
+            if _failed_elsewhere(exc):
+                # The trial went stale (its heartbeat could not be written) and another worker failed it,
+                # re-queued a copy and gave back its slot: only this trial ends, the job goes on.
+                log.warning("job %s: trial %s was failed by another worker (stale heartbeat); abandoned",
+                            job_id, tracked.trial_number)
+                self._jobs.pop(job_id, None)
+                return True
+            self._give_back(job_id, ctx, tracked.trial_id)
             log.exception("job %s: trial failed unexpectedly", job_id)
-            self._fail(job_id, f"trial failed: {_message(exc)}")
+            self._job_error(job_id, "a trial", exc)
             return True
         self._settle(job_id, ctx)
         return True
 
-    def _try_release(self, job_id: str) -> None:
+    def _give_back(self, job_id: str, ctx: _JobContext, trial_id: int | None) -> None:
+        """Release the slot of a trial that ended without counting, once per trial (see ``release_slot``).
+
+        A trial that counted keeps its slot; one still RUNNING (its end could not be recorded) is left to
+        the stale-heartbeat check, which fails it and releases its slot; a claim whose trial never started is
+        released here (or by the leak check when the database is away).
+        """
         try:
-            release_slot(self.engine, job_id=job_id)
+            if trial_id is not None:
+                t = ctx.study._storage.get_trial(trial_id)
+                if t.state != TrialState.FAIL or t.system_attrs.get("failure") == "config":
+                    return
+            release_slot(self.engine, job_id=job_id, trial_id=trial_id)
         except _INFRA_ERRORS:
-            log.warning("job %s: could not release a trial slot (the leak check will)", job_id)
+            log.warning("job %s: could not release a trial slot (the stale or leak check will)", job_id)
+
+    def _job_error(self, job_id: str, step: str, exc: BaseException, **kw: Any) -> None:
+        """Count a job-level failure (the job fails after ``job_max_failures``); the worker goes on."""
+        if not isinstance(exc, Exception):
+            raise exc
+        log.warning("job %s: %s failed", job_id, step, exc_info=exc)
+        self._jobs.pop(job_id, None)
+        message = f"{step}: {type(exc).__name__}: {_message(exc)}"
+        with session_scope(self.engine, write=True) as s:
+            count_failure(s, job_id, message, self.settings.job_max_failures, **kw)
 
     def _fail(self, job_id: str, message: str) -> None:
         log.warning("job %s failed: %s", job_id, message)
@@ -301,6 +379,7 @@ class Worker:
             if res.rowcount != 1:  # type: ignore[attr-defined]
                 return  # another worker finalises (or the job was cancelled)
         log.info("job %s: finalising (%s)", job.id, self.worker_id)
+        set_phase(self.engine, self.worker_id, job.id, "finalizing")
         done = threading.Event()
         beat = threading.Thread(target=self._finalize_heartbeat, args=(job.id, done), daemon=True)
         beat.start()
@@ -326,13 +405,21 @@ class Worker:
                 )
             log.info("job %s succeeded: %s", job.id, metrics)
         except _INFRA_ERRORS:
-            raise  # left in `finalizing`; recovered after the grace period
-        except Exception as exc:  # noqa: BLE001
+            raise  # left in `finalizing`; recovered (and counted) after the grace period
+        except _JobFailed as exc:
             self._fail(job.id, _message(exc))
+        except Exception as exc:  # noqa: BLE001 - out of memory, a bug: back to running, bounded retries
+            self._job_error(job.id, "finalisation", exc, back_to=JobStatus.running,
+                            only_if=sa.and_(Job.status == JobStatus.finalizing.value,
+                                            Job.finalized_by == self.worker_id))
         finally:
             done.set()
             beat.join(timeout=5)
             self._jobs.pop(job.id, None)
+            try:
+                set_phase(self.engine, self.worker_id, None, None)
+            except _INFRA_ERRORS:
+                pass
 
     def _finalize_heartbeat(self, job_id: str, done: threading.Event) -> None:
         while not done.wait(self.settings.heartbeat_interval):
@@ -345,17 +432,19 @@ class Worker:
 
     # ------------------------------------------------------------------------------ maintenance
     def recover(self) -> None:
-        """Jobs left ``finalizing`` by a dead worker (no heartbeat for ``grace_period``) run again."""
+        """Jobs left ``finalizing`` by a dead worker (no heartbeat for ``grace_period``) run again; each such
+        death counts as a failure of the job, so a finalisation that kills its worker is not retried forever."""
         cutoff = utcnow() - timedelta(seconds=self.settings.grace_period)
-        with session_scope(self.engine, write=True) as s:
-            res = s.execute(
-                sa.update(Job)
-                .where(Job.status == JobStatus.finalizing.value,
-                       sa.or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < cutoff))
-                .values(status=JobStatus.running.value, finalized_by=None)
-            )
-            if res.rowcount:  # type: ignore[attr-defined]
-                log.warning("%d job(s) left finalising by a dead worker go back to running", res.rowcount)  # type: ignore[attr-defined]
+        stale = sa.and_(Job.status == JobStatus.finalizing.value,
+                        sa.or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < cutoff))
+        with session_scope(self.engine) as s:
+            rows = list(s.execute(sa.select(Job.id, Job.finalized_by).where(stale)))
+        for row in rows:
+            with session_scope(self.engine, write=True) as s:
+                count_failure(s, row.id, f"finalisation: worker {row.finalized_by} stopped responding "
+                              "(killed, out of memory?)", self.settings.job_max_failures,
+                              back_to=JobStatus.running, only_if=stale)
+            log.warning("job %s: left finalising by a dead worker (%s)", row.id, row.finalized_by)
 
     def _study(self, job: Job) -> optuna.Study | None:
         ctx = self._jobs.get(job.id)
@@ -368,23 +457,41 @@ class Worker:
             return None
 
     def maintain(self) -> None:
-        """Fail stale trials (dead workers), fix leaked slots, cancel or finalise jobs nobody works on."""
+        """Reap dead workers, fail stale trials, fix leaked slots, cancel or finalise jobs nobody works on.
+
+        Every running job is looked at (in pages); an unexpected error with one job counts against that job.
+        """
         self._last_maintenance = time.monotonic()
+        reap_dead_workers(self.engine, self.settings.grace_period, self.settings.job_max_failures)
         self.recover()
-        with session_scope(self.engine) as s:
-            jobs = list(s.scalars(
-                sa.select(Job).where(Job.status == JobStatus.running.value).order_by(Job.created_at).limit(20)
-            ))
-        for job in jobs:
-            if self.stopping:
+        after: tuple[datetime, str] | None = None
+        while not self.stopping:
+            with session_scope(self.engine) as s:
+                query = sa.select(Job).where(Job.status == JobStatus.running.value)
+                if after is not None:
+                    query = query.where(sa.tuple_(Job.created_at, Job.id) > sa.tuple_(*after))
+                jobs = list(s.scalars(query.order_by(Job.created_at, Job.id).limit(MAINTENANCE_PAGE)))
+            for job in jobs:
+                if self.stopping:
+                    return
+                try:
+                    self._maintain_job(job)
+                except _INFRA_ERRORS:
+                    raise
+                except Exception as exc:  # noqa: BLE001
+                    self._job_error(job.id, "maintenance", exc)
+            if len(jobs) < MAINTENANCE_PAGE:
                 return
-            study = self._study(job)
-            if study is not None:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                    optuna.storages.fail_stale_trials(study)
-                self._check_leak(job, study)
-            self._settle(job.id)
+            after = (jobs[-1].created_at, jobs[-1].id)
+
+    def _maintain_job(self, job: Job) -> None:
+        study = self._study(job)
+        if study is not None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
+            self._check_leak(job, study)
+        self._settle(job.id)
 
     def _check_leak(self, job: Job, study: optuna.Study) -> None:
         """Slots claimed by a worker that died before its trial existed are given back after a while."""
@@ -408,6 +515,26 @@ class Worker:
 
 class _JobFailed(Exception):
     pass
+
+
+class _TrackedObjective:
+    """The objective, remembering which trial it ran (so its slot is released by trial id)."""
+
+    def __init__(self, objective: Objective) -> None:
+        self.objective = objective
+        self.trial_id: int | None = None
+        self.trial_number: int | None = None
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        self.trial_id, self.trial_number = trial._trial_id, trial.number
+        return self.objective(trial)
+
+
+def _failed_elsewhere(exc: BaseException) -> bool:
+    """Optuna's errors for a trial that was finished (failed as stale) while this worker still ran it."""
+    if isinstance(exc, optuna.exceptions.UpdateFinishedTrialError):
+        return True
+    return isinstance(exc, ValueError) and str(exc).startswith("Cannot tell a ")
 
 
 def _message(exc: BaseException) -> str:

@@ -109,8 +109,8 @@ def train_on_fold(
             model, train, val, cfg, task=data.task, generator=generator,
             val_metrics_fn=metrics_fn, on_epoch=on_epoch, should_stop=should_stop,
         )
-    except torch.cuda.OutOfMemoryError as exc:
-        raise TrialConfigError(f"out of device memory: {str(exc).splitlines()[0]}") from None
+    except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
+        raise TrialConfigError(f"out of memory: {(str(exc) or type(exc).__name__).splitlines()[0]}") from None
     return model, result
 
 

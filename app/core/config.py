@@ -31,6 +31,17 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     torch_threads: int | None = Field(default=None, ge=1, description="default: cores / worker processes")
     poll_interval_s: float = Field(default=0.5, gt=0, description="how often an idle worker looks for work")
+    # --- robustness (issue 8): failure bounds, worker heartbeats, restarts
+    job_max_failures: int = Field(
+        default=3, ge=1, description="job-level failures (start, data loading, finalisation) before a job fails"
+    )
+    worker_heartbeat_s: float = Field(default=5, gt=0, description="how often a worker writes its heartbeat row")
+    worker_restart_backoff_s: float = Field(
+        default=1, gt=0, description="`tuner serve`: first delay before restarting a dead embedded worker"
+    )
+    worker_restart_backoff_max_s: float = Field(
+        default=60, gt=0, description="`tuner serve`: the restart delay doubles up to this"
+    )
 
     @property
     def is_sqlite(self) -> bool:
