@@ -8,8 +8,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 __all__ = ["build_parser", "main"]
@@ -77,25 +78,78 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     return _supervise([subprocess.Popen(cmd) for _ in range(n)], settings.grace_period)
 
 
-def _supervise(children: list[subprocess.Popen[Any]], grace: float, serve: Any = None) -> int:
-    """Wait for the children (or run ``serve()``); on SIGTERM/SIGINT stop them cleanly."""
-    stopping = False
+def _supervise(
+    children: list[subprocess.Popen[Any]], grace: float, serve: Any = None,
+    restart: Callable[[], subprocess.Popen[Any]] | None = None, backoff: tuple[float, float] = (1.0, 60.0),
+) -> int:
+    """Wait for the children (or run ``serve()``); on SIGTERM/SIGINT stop them cleanly.
+
+    Without ``serve`` (``tuner worker --concurrency N``): a child that exits on its own stops the others and
+    the command exits 1, so a process manager sees the failure. With ``serve`` and ``restart``
+    (``tuner serve``): a dead embedded worker is restarted after a delay that doubles after each quick death,
+    from ``backoff[0]`` up to ``backoff[1]`` seconds.
+    """
+    stopping = threading.Event()
+    failed: list[str] = []
 
     def _on_signal(_signum: int, _frame: Any) -> None:
-        nonlocal stopping
-        stopping = True
+        stopping.set()
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
+    keeper = None
+    if serve is not None and restart is not None and children:
+        keeper = threading.Thread(target=_keep_alive, args=(children, restart, stopping, backoff),
+                                  name="worker-keeper", daemon=True)
+        keeper.start()
     try:
         if serve is not None:
             serve()  # returns on SIGTERM/SIGINT (uvicorn re-raises them to our handler above)
         else:
-            while not stopping and any(c.poll() is None for c in children):
+            while not stopping.is_set():
+                dead = [c for c in children if c.poll() is not None]
+                if dead:
+                    if not stopping.is_set():
+                        failed.extend(f"pid {c.pid} exited with {c.returncode}" for c in dead)
+                    break
                 time.sleep(0.2)
     finally:
+        stopping.set()
+        if keeper is not None:
+            keeper.join(timeout=5)
         _stop_children(children, grace)
+    if failed:
+        log.error("worker process died (%s); the others were stopped", ", ".join(failed))
+        return 1
     return 0
+
+
+def _keep_alive(
+    children: list[subprocess.Popen[Any]], restart: Callable[[], subprocess.Popen[Any]],
+    stopping: threading.Event, backoff: tuple[float, float],
+) -> None:
+    """Restart dead children in place (the list is shared with ``_stop_children``) with capped back-off."""
+    first, cap = backoff
+    delay = [first] * len(children)
+    started = [time.monotonic()] * len(children)
+    due: list[float | None] = [None] * len(children)
+    while not stopping.wait(0.2):
+        now = time.monotonic()
+        for i, c in enumerate(children):
+            if c.poll() is None:
+                continue
+            if due[i] is None:
+                if now - started[i] > cap:  # it had lived long enough: start again from the first delay
+                    delay[i] = first
+                due[i] = now + delay[i]
+                log.error("embedded worker pid %d exited with %s; restarting in %.1fs", c.pid, c.returncode, delay[i])
+            elif now >= due[i]:  # type: ignore[operator]
+                if stopping.is_set():
+                    return
+                children[i] = restart()
+                started[i], due[i] = now, None
+                delay[i] = min(cap, delay[i] * 2)
+                log.info("embedded worker restarted as pid %d", children[i].pid)
 
 
 def _stop_children(children: list[subprocess.Popen[Any]], grace: float) -> None:
@@ -130,11 +184,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     cmd = [sys.executable, "-m", "app", "worker", "--concurrency", "1", "--threads", str(threads),
            "--parent-pid", str(os.getpid())]
     children = [subprocess.Popen(cmd) for _ in range(n)]
+    backoff = (settings.worker_restart_backoff_s, settings.worker_restart_backoff_max_s)
     host = args.host or settings.host
     port = args.port if args.port is not None else settings.port
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host=host, port=port, log_level="info"))
     log.info("tuneserve on http://%s:%d with %d embedded worker(s); OpenAPI at /docs", host, port, n)
-    return _supervise(children, settings.grace_period, serve=server.run)
+    return _supervise(children, settings.grace_period, serve=server.run, restart=lambda: subprocess.Popen(cmd),
+                      backoff=backoff)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

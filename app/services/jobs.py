@@ -9,10 +9,12 @@ from typing import Any
 
 import optuna
 import sqlalchemy as sa
+from optuna.trial import TrialState
 from sqlalchemy.orm import Session
 
 from app.errors import Conflict, FieldErrors, NotFound, field_error
-from app.models import Dataset, Job, JobStatus, utcnow
+from app.liveness import live_workers
+from app.models import Dataset, Job, JobStatus, SlotRelease, utcnow
 from app.studies import progress_summary
 from tuner.spec import JobSpec, objective_errors
 
@@ -94,34 +96,77 @@ def job_detail(job: Job, storage: optuna.storages.BaseStorage) -> dict[str, Any]
     }
 
 
-def cancel_job(session: Session, job_id: str) -> Job:
-    """Queued: cancelled now. Running: flagged; its workers stop at the next epoch boundary."""
+def cancel_job(
+    session: Session, job_id: str, *, storage: optuna.storages.BaseStorage | None = None,
+    grace_period: float = 30, force: bool = False,
+) -> Job:
+    """Queued: cancelled now. Running: flagged; its workers stop at the next epoch boundary.
+
+    With ``force``, or when no worker has written a heartbeat for ``grace_period`` (nobody would act on the
+    flag), a running or finalising job is cancelled at once and its running trials are marked failed.
+    """
     job = get_job(session, job_id)
     now = utcnow()
     res = session.execute(
         sa.update(Job).where(Job.id == job_id, Job.status == JobStatus.queued.value)
         .values(status=JobStatus.cancelled.value, cancel_requested=True, finished_at=now)
     )
-    if res.rowcount != 1:  # type: ignore[attr-defined]
+    if res.rowcount == 1:  # type: ignore[attr-defined]
+        session.refresh(job)
+        return job
+    active = [JobStatus.running.value, JobStatus.finalizing.value]
+    if force or live_workers(session, grace_period) == 0:
+        res = session.execute(
+            sa.update(Job).where(Job.id == job_id, Job.status.in_(active))
+            .values(status=JobStatus.cancelled.value, cancel_requested=True, finished_at=now, heartbeat_at=None)
+        )
+        if res.rowcount == 1:  # type: ignore[attr-defined]
+            session.commit()  # before Optuna writes: on SQLite our open write transaction would block it
+            if storage is not None:
+                _fail_running_trials(storage, job.study_name)
+            session.refresh(job)
+            return job
+    else:
         res = session.execute(
             sa.update(Job).where(Job.id == job_id, Job.status == JobStatus.running.value)
             .values(cancel_requested=True)
         )
-        if res.rowcount != 1:  # type: ignore[attr-defined]
+        if res.rowcount == 1:  # type: ignore[attr-defined]
             session.refresh(job)
-            raise Conflict(f"job {job_id} is {job.status} and cannot be cancelled")
+            return job
     session.refresh(job)
-    return job
+    hint = "; its worker is alive (use force=true to cancel it now)" if job.status in active else ""
+    raise Conflict(f"job {job_id} is {job.status} and cannot be cancelled{hint}")
 
 
-def delete_job(session: Session, job_id: str, *, storage: optuna.storages.BaseStorage, artifacts_dir: Path) -> None:
-    """Remove the job, its study and its artifacts; refused while it runs or is being finalised."""
+def _fail_running_trials(storage: optuna.storages.BaseStorage, study_name: str) -> None:
+    """Trials a cancelled job left RUNNING (their workers are gone) end FAIL, marked interrupted."""
+    try:
+        study_id = storage.get_study_id_from_name(study_name)
+    except KeyError:
+        return
+    for t in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+        try:
+            storage.set_trial_system_attr(t._trial_id, "interrupted", True)
+            storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # its worker finished it meanwhile
+
+
+def delete_job(
+    session: Session, job_id: str, *, storage: optuna.storages.BaseStorage, artifacts_dir: Path,
+    grace_period: float = 30, force: bool = False,
+) -> None:
+    """Remove the job, its study and its artifacts; refused while it runs or is being finalised by a live
+    worker (``force`` deletes it anyway; with no live worker it is deleted at once)."""
     job = get_job(session, job_id)
-    res = session.execute(
-        sa.delete(Job).where(Job.id == job_id, Job.status.not_in([JobStatus.running.value, JobStatus.finalizing.value]))
-    )
+    query = sa.delete(Job).where(Job.id == job_id)
+    if not force and live_workers(session, grace_period) > 0:
+        query = query.where(Job.status.not_in([JobStatus.running.value, JobStatus.finalizing.value]))
+    session.execute(sa.delete(SlotRelease).where(SlotRelease.job_id == job_id))
+    res = session.execute(query)
     if res.rowcount != 1:  # type: ignore[attr-defined]
-        raise Conflict(f"job {job_id} is {job.status}; cancel it first")
+        raise Conflict(f"job {job_id} is {job.status}; cancel it first (or use force=true)")
     session.commit()  # before Optuna writes: on SQLite our open write transaction would block it
     try:
         optuna.delete_study(study_name=job.study_name, storage=storage)

@@ -53,13 +53,23 @@ def read_trials(
     return {"items": [trial_dict(t) for t in trials], "total": total, "limit": limit, "offset": offset}
 
 
+ForceQ = Annotated[bool, Query(description="act at once, even while a live worker runs the job")]
+
+
 @router.post("/{job_id}/cancel", response_model=JobPublic)
-def cancel_job(job_id: str, session: WriteSessionDep, storage: StorageDep) -> dict[str, Any]:
-    """Queued: cancelled at once. Running: stops at the next epoch boundary. Finished: 409."""
-    return service.job_detail(service.cancel_job(session, job_id), storage)
+def cancel_job(
+    job_id: str, session: WriteSessionDep, storage: StorageDep, settings: SettingsDep, force: ForceQ = False
+) -> dict[str, Any]:
+    """Queued: cancelled at once. Running: stops at the next epoch boundary; cancelled at once when no worker
+    is alive (no heartbeat for the grace period) or with ``force``. Finished: 409."""
+    job = service.cancel_job(session, job_id, storage=storage, grace_period=settings.grace_period, force=force)
+    return service.job_detail(job, storage)
 
 
 @router.delete("/{job_id}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_job(job_id: str, session: WriteSessionDep, storage: StorageDep, settings: SettingsDep) -> None:
-    """Remove the job, its study and its artifacts (409 while it runs)."""
-    service.delete_job(session, job_id, storage=storage, artifacts_dir=settings.artifacts_dir)
+def delete_job(
+    job_id: str, session: WriteSessionDep, storage: StorageDep, settings: SettingsDep, force: ForceQ = False
+) -> None:
+    """Remove the job, its study and its artifacts (409 while a live worker runs it, unless ``force``)."""
+    service.delete_job(session, job_id, storage=storage, artifacts_dir=settings.artifacts_dir,
+                       grace_period=settings.grace_period, force=force)
