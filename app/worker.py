@@ -150,7 +150,7 @@ class Worker:
                 worker_beat(self.engine, self.worker_id, self._current_job)
             except Exception as exc:  # noqa: BLE001 - a blip: beat again next time
                 log.warning("worker heartbeat not written: %s", str(exc).splitlines()[0] if str(exc) else exc)
-            if self._stop.wait(self.settings.worker_heartbeat_s):
+            if self._stop.wait(min(self.settings.worker_heartbeat_s, self.settings.grace_period / 3)):
                 return
 
     def run_once(self) -> bool:
@@ -323,7 +323,8 @@ class Worker:
             raise exc
         log.warning("job %s: %s failed", job_id, step, exc_info=exc)
         self._jobs.pop(job_id, None)
-        message = f"{step}: {type(exc).__name__}: {_message(exc)}"
+        detail = _message(exc)
+        message = f"{step}: {type(exc).__name__}" + (f": {detail}" if detail != type(exc).__name__ else "")
         with session_scope(self.engine, write=True) as s:
             count_failure(s, job_id, message, self.settings.job_max_failures, **kw)
 
