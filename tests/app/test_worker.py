@@ -12,7 +12,7 @@ from app.db import get_engine, session_scope
 from app.models import Job, utcnow
 from app.services.jobs import create_job
 from app.worker import Worker
-from tuner.runner import trial_counts
+from tuner.runner import optimize, trial_counts
 from tuner.spec import JobSpec
 
 
@@ -58,24 +58,50 @@ def test_runs_exactly_n_trials_and_finalises_once(settings, submit):
     assert len(study.get_trials()) == 3
 
 
-def test_two_workers_share_slots_and_only_one_finalises(settings, submit):
+def test_two_workers_share_slots(settings, submit):
     job_id = submit(budget={"n_trials": 2})
     a, b = Worker(settings, worker_id="host:1"), Worker(settings, worker_id="host:2")
     a._start(job_id)
     assert a._claim(job_id) and b._claim(job_id)
     assert not a._claim(job_id)  # the budget is fully claimed
-    _update(settings, job_id, trials_claimed=0)
-    for w in (a, b):
-        w._work_on(job_id)
+
+
+def test_workers_racing_to_finalise_score_the_test_set_once(settings, submit):
+    """Several workers call ``_finalize`` at the same moment (a barrier): exactly one scores the test set."""
+    import threading
+
+    job_id = submit(budget={"n_trials": 2})
+    workers = [Worker(settings, worker_id=f"host:{i}") for i in range(4)]
+    workers[0]._start(job_id)
     job = _job(settings, job_id)
-    assert job.status == "succeeded"
-    ctx_a, ctx_b = a._jobs.get(job_id), b._jobs.get(job_id)
-    # the finaliser drops its cache after scoring; the other never touched the test set
-    assert ctx_a is None or ctx_a.data.test_access_count == 0
-    assert ctx_b is None or ctx_b.data.test_access_count == 0
+    contexts = [w._context(job_id, job.spec, job.study_name) for w in workers]  # data loaded before the race
+    assert workers[0]._claim(job_id) and workers[0]._claim(job_id)
+    optimize(contexts[0].study, contexts[0].objective, n_trials=2, timeout_s=None)
+    barrier = threading.Barrier(len(workers))
+    errors = []
+
+    def race(w, ctx):
+        try:
+            barrier.wait()
+            w._finalize(job, ctx)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=race, args=(w, c)) for w, c in zip(workers, contexts, strict=True)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors
+    done = _job(settings, job_id)
+    assert done.status == "succeeded" and done.test_metrics
+    assert [c.data.test_access_count for c in contexts].count(1) == 1
+    assert sum(c.data.test_access_count for c in contexts) == 1
+    scorer = next(w for w, c in zip(workers, contexts, strict=True) if c.data.test_access_count == 1)
+    assert done.finalized_by == scorer.worker_id
     _update(settings, job_id, status="running")
-    a._settle(job_id)  # a late second attempt finds the stored metrics, scores nothing new
-    study = optuna.load_study(study_name=job.study_name, storage=a.storage)
+    workers[1]._settle(job_id)  # a late second attempt finds the stored metrics, scores nothing new
+    study = optuna.load_study(study_name=job.study_name, storage=workers[1].storage)
     assert len(study.trials) == 2
 
 

@@ -11,6 +11,13 @@ def _set_status(settings, job_id, **values):
         conn.execute(sa.update(Job).where(Job.id == job_id).values(**values))
 
 
+def _live_worker(settings):
+    """A worker heartbeat row: with no live worker, running jobs are cancelled/deleted at once."""
+    from app.liveness import worker_beat
+
+    worker_beat(get_engine(settings.database_url), "alive:1", None)
+
+
 def test_submit_returns_201_location_and_queued_job(client, spec_dict):
     r = client.post("/jobs", json=spec_dict())
     assert r.status_code == 201
@@ -119,6 +126,7 @@ def test_trials_and_progress_from_the_study(client, spec_dict, settings):
 
 
 def test_cancel_queued_running_and_finished(client, spec_dict, settings):
+    _live_worker(settings)
     queued = client.post("/jobs", json=spec_dict()).json()
     r = client.post(f"/jobs/{queued['id']}/cancel")
     assert r.status_code == 200 and r.json()["status"] == "cancelled" and r.json()["finished_at"]
@@ -145,6 +153,7 @@ def test_delete_removes_job_study_and_artifacts(client, spec_dict, settings):
     art.mkdir(parents=True)
     (art / "best-model.pt").write_bytes(b"x")
 
+    _live_worker(settings)
     _set_status(settings, job["id"], status="running")
     assert client.delete(f"/jobs/{job['id']}").status_code == 409
     _set_status(settings, job["id"], status="finalizing")
