@@ -122,8 +122,10 @@ def release_slot(
             jid = job_id if job_id is not None else s.scalar(sa.select(Job.id).where(cond))
             if jid is None:
                 return False
-            insert = _insert_ignore(engine)(SlotRelease).values(job_id=jid, trial_id=trial_id, released_at=utcnow())
-            if s.execute(insert.on_conflict_do_nothing()).rowcount != 1:  # type: ignore[attr-defined]
+            insert = (_insert_ignore(engine)(SlotRelease.__table__)
+                      .values(job_id=jid, trial_id=trial_id, released_at=utcnow())
+                      .on_conflict_do_nothing().returning(SlotRelease.trial_id))
+            if s.execute(insert).first() is None:
                 return False  # released before
         res = s.execute(
             sa.update(Job).where(cond, Job.trials_claimed > 0).values(trials_claimed=Job.trials_claimed - 1)
