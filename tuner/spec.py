@@ -300,7 +300,7 @@ def _known_args(data: Any, table: dict[str, tuple[str, ...]], default: str, what
         allowed = table.get(kind) if isinstance(kind, str) else None
         if allowed is not None:
             errors = [f"{key}: not a parameter of the {kind} {what} (known: {', '.join(allowed) or 'none'})"
-                      for key in data if key not in ("kind", "seed", *allowed)]
+                      for key, value in data.items() if key not in ("kind", "seed", *allowed) and value is not None]
             if errors:
                 raise ValueError("\n".join(errors))
     return data
