@@ -10,11 +10,13 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from app.api.errors import install_error_handlers, responses
 from app.api.routes import datasets, health, jobs
 from app.core.config import Settings, get_settings
 from app.db import get_engine, make_storage
 from app.errors import DomainError
 from app.services.jobs import PATH_REFUSED
+from tuner import limits
 from tuner.spec import error_reason
 
 __all__ = ["create_app", "validation_errors"]
@@ -66,7 +68,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="tuneserve",
         version="0.1.0",
         description="Hyperparameter tuning for PyTorch models: submit a job spec, poll its trials and results.",
+        responses=responses(500, 503),
     )
+    limits.configure(settings.limits())
+    install_error_handlers(app, body_limits={
+        ("POST", "/jobs"): settings.max_json_bytes,
+        ("POST", "/datasets"): settings.max_upload_bytes + 64 * 1024,  # the file plus the multipart framing
+    })
     app.state.settings = settings
     app.state.engine = get_engine(settings.database_url)
     app.state.storage = _LazyStorage(settings.database_url)

@@ -75,6 +75,9 @@ def load_dataset(ds: DatasetSpec, *, resolve_upload: Callable[[str], Path] | Non
     if not path.is_file():
         raise SpecError([f"{where}: no such file: {path}"])
     suffix = path.suffix.lower()
+    from tuner.safeio import check_data_file  # memory-bomb caps, read from metadata before loading
+
+    check_data_file(path, where)
     if suffix == ".npz":
         return _load_npz(path, where)
     if suffix in (".csv", ".parquet", ".pq"):

@@ -6,7 +6,6 @@ field (dotted path) and the reason, e.g. ``split.validation.k: must be at least 
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import warnings
@@ -14,7 +13,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import optuna
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tuner.limits import current as current_limits
 
 __all__ = [
     "BUILTIN_DATASETS",
@@ -27,6 +28,8 @@ __all__ = [
     "error_reason",
     "format_validation_error",
     "load_spec",
+    "memory_errors",
+    "model_memory_bytes",
     "parse_spec",
 ]
 
@@ -50,6 +53,8 @@ METRIC_DIRECTIONS: dict[str, tuple[Literal["minimize", "maximize"], tuple[Task, 
     "r2": ("maximize", ("regression",)),
 }
 
+# Input width of each builtin data set (the memory estimate needs it before any data is read).
+BUILTIN_FEATURES: dict[str, int] = {"digits": 64, "iris": 4, "wine": 13, "breast_cancer": 30, "diabetes": 10}
 OPTIMIZERS = ("adam", "adamw", "sgd")
 ACTIVATIONS = ("relu", "leaky_relu", "elu", "gelu", "tanh", "sigmoid")
 
@@ -63,7 +68,18 @@ class SpecError(ValueError):
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # JSON's Infinity/NaN are refused for every float field (json.loads accepts them).
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+def _at_most(value: float, limit: float) -> None:
+    """Raise ``must be at most N`` (the field's name is added by pydantic's location)."""
+    if value > limit:
+        raise ValueError(f"must be at most {limit:g}")
+
+
+def _finite(value: Any) -> bool:
+    return not (isinstance(value, float) and not math.isfinite(value))
 
 
 # --------------------------------------------------------------------------------------------- dataset
@@ -107,15 +123,43 @@ class ModelSpec(_Model):
     activation: Literal["relu", "leaky_relu", "elu", "gelu", "tanh", "sigmoid"] = "relu"
     # CNN only: channels per conv block (conv -> activation -> Dropout2d -> maxpool) and the input's shape.
     channels: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [16, 32])
-    kernel_size: int = Field(default=3, ge=1, le=15)
+    kernel_size: int = Field(default=3, ge=1)
     input_shape: list[Annotated[int, Field(ge=1)]] | None = Field(
         default=None, description="(C, H, W) for a CNN; inferred for the digits data set (1x8x8)."
     )
+
+    @field_validator("hidden")
+    @classmethod
+    def _hidden_size(cls, v: list[int]) -> list[int]:
+        lim = current_limits()
+        if len(v) > lim.max_layers:
+            raise ValueError(f"must have at most {lim.max_layers} layers")
+        if v and max(v) > lim.max_width:
+            raise ValueError(f"each width must be at most {lim.max_width}")
+        return v
+
+    @field_validator("channels")
+    @classmethod
+    def _channels_size(cls, v: list[int]) -> list[int]:
+        lim = current_limits()
+        if len(v) > lim.max_conv_layers:
+            raise ValueError(f"must have at most {lim.max_conv_layers} conv blocks")
+        if v and max(v) > lim.max_channels:
+            raise ValueError(f"each channel count must be at most {lim.max_channels}")
+        return v
+
+    @field_validator("kernel_size")
+    @classmethod
+    def _kernel(cls, v: int) -> int:
+        _at_most(v, current_limits().max_kernel_size)
+        return v
 
     @model_validator(mode="after")
     def _shape(self) -> ModelSpec:
         if self.input_shape is not None and len(self.input_shape) != 3:
             raise ValueError("input_shape: must be [channels, height, width]")
+        if self.input_shape is not None and max(self.input_shape) > current_limits().max_input_side:
+            raise ValueError(f"input_shape: each side must be at most {current_limits().max_input_side}")
         if self.kind == "mlp" and not self.hidden:
             raise ValueError("hidden: an MLP needs at least one hidden layer")
         return self
@@ -159,6 +203,10 @@ class ParamSpec(_Model):
             raise ValueError("give exactly one of low/high, choices, or value")
         if self.choices is not None and len(self.choices) == 0:
             raise ValueError("choices: must not be empty")
+        if self.choices is not None and len(self.choices) > current_limits().max_choices:
+            raise ValueError(f"choices: must have at most {current_limits().max_choices} entries")
+        if not all(_finite(v) for v in [*(self.choices or []), self.value]):
+            raise ValueError("values must be finite numbers (no Infinity or NaN)")
         if forms[0]:
             if self.low is None or self.high is None:
                 raise ValueError("give both low and high")
@@ -191,12 +239,18 @@ _INTEGER_PARAMS = ("batch_size", "n_layers", "hidden_units")
 _BOUNDS: dict[str, tuple[float, float]] = {
     "lr": (0.0, 10.0),
     "dropout": (0.0, 0.95),
-    "batch_size": (1, 1_000_000),
     "weight_decay": (0.0, 1.0),
     "momentum": (0.0, 0.999),
-    "n_layers": (1, 16),
-    "hidden_units": (1, 65_536),
 }
+
+
+def _bounds(name: str) -> tuple[float, float]:
+    """Allowed range of a search dimension (sizes come from :mod:`tuner.limits`)."""
+    lim = current_limits()
+    sizes = {"batch_size": lim.max_batch_size, "n_layers": lim.max_layers, "hidden_units": lim.max_width}
+    if name in sizes:
+        return (1, sizes[name])
+    return _BOUNDS.get(name, (-math.inf, math.inf))
 
 
 # -------------------------------------------------------------------------------------- pruner/sampler
@@ -217,41 +271,104 @@ _SAMPLERS: dict[str, type[optuna.samplers.BaseSampler]] = {
     "qmc": optuna.samplers.QMCSampler,
     "grid": optuna.samplers.GridSampler,
 }
-# Parameters the spec does not let a user pass (they are built from other parts of the spec).
-_HIDDEN_ARGS = {"self", "search_space", "wrapped_pruner", "seed"}
+# Each pruner's and sampler's own keyword arguments a spec may set, with their types and bounds below.
+_PRUNER_ARGS: dict[str, tuple[str, ...]] = {
+    "median": ("n_startup_trials", "n_warmup_steps", "interval_steps", "n_min_trials"),
+    "percentile": ("percentile", "n_startup_trials", "n_warmup_steps", "interval_steps", "n_min_trials"),
+    "successive_halving": ("min_resource", "reduction_factor", "min_early_stopping_rate", "bootstrap_count"),
+    "hyperband": ("min_resource", "max_resource", "reduction_factor", "bootstrap_count"),
+    "wilcoxon": ("p_threshold", "n_startup_steps"),
+    "patient": ("patience", "min_delta"),
+    "none": (),
+}
+_SAMPLER_ARGS: dict[str, tuple[str, ...]] = {
+    "tpe": ("n_startup_trials", "n_ei_candidates", "multivariate", "group", "consider_endpoints", "prior_weight",
+            "consider_magic_clip", "constant_liar", "warn_independent_sampling"),
+    "random": (),
+    "gp": ("n_startup_trials", "deterministic_objective", "warn_independent_sampling"),
+    "cmaes": ("sigma0", "n_startup_trials", "consider_pruned_trials", "restart_strategy", "popsize", "inc_popsize",
+              "use_separable_cma", "with_margin", "lr_adapt", "warn_independent_sampling"),
+    "qmc": ("qmc_type", "scramble", "warn_independent_sampling", "warn_asynchronous_seeding"),
+    "grid": (),
+}
 
 
-def _plain_kwargs(cls: type) -> dict[str, inspect.Parameter]:
-    return {
-        n: p
-        for n, p in inspect.signature(cls.__init__).parameters.items()
-        if n not in _HIDDEN_ARGS and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
-        and (p.default is p.empty or p.default is None or isinstance(p.default, (int, float, str, bool)))
-    }
+def _known_args(data: Any, table: dict[str, tuple[str, ...]], default: str, what: str) -> Any:
+    """Refuse, before typing, any argument that the chosen pruner/sampler does not take."""
+    if isinstance(data, dict):
+        kind = data.get("kind", default)
+        allowed = table.get(kind) if isinstance(kind, str) else None
+        if allowed is not None:
+            errors = [f"{key}: not a parameter of the {kind} {what} (known: {', '.join(allowed) or 'none'})"
+                      for key, value in data.items() if key not in ("kind", "seed", *allowed) and value is not None]
+            if errors:
+                raise ValueError("\n".join(errors))
+    return data
 
 
-class PrunerSpec(BaseModel):
-    """``{"kind": "median", ...}``: any further keys are the Optuna pruner's own keyword arguments."""
+def _check_ranges(model: BaseModel, ranges: dict[str, tuple[float, float]]) -> None:
+    errors: list[str] = []
+    for name, (lo, hi) in ranges.items():
+        v = getattr(model, name, None)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and not lo <= v <= hi:
+            errors.append(f"{name}: must be at least {lo:g}" if v < lo else f"{name}: must be at most {hi:g}")
+    if errors:
+        raise ValueError("\n".join(errors))
 
-    model_config = ConfigDict(extra="allow")
+
+class _Args(_Model):
+    def _params(self, table: dict[str, tuple[str, ...]], kind: str) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in table[kind] if getattr(self, k) is not None}
+
+
+class PrunerSpec(_Args):
+    """``{"kind": "median", ...}``: further keys are the Optuna pruner's own typed, bounded arguments."""
+
     kind: Literal["median", "percentile", "successive_halving", "hyperband", "wilcoxon", "patient", "none"] = (
         "median"
     )
+    n_startup_trials: int | None = Field(default=None, ge=0)
+    n_warmup_steps: int | None = Field(default=None, ge=0)
+    interval_steps: int | None = Field(default=None, ge=1)
+    n_min_trials: int | None = Field(default=None, ge=1)
+    percentile: float | None = Field(default=None, ge=0, le=100)
+    min_resource: int | Literal["auto"] | None = Field(default=None, description="an integer >= 1 or 'auto'")
+    max_resource: int | Literal["auto"] | None = Field(default=None, description="an integer >= 1 or 'auto'")
+    reduction_factor: int | None = Field(default=None, ge=2)
+    min_early_stopping_rate: int | None = Field(default=None, ge=0)
+    bootstrap_count: int | None = Field(default=None, ge=0)
+    p_threshold: float | None = Field(default=None, ge=0, le=1)
+    n_startup_steps: int | None = Field(default=None, ge=0)
+    patience: int | None = Field(default=None, ge=0)
+    min_delta: float | None = Field(default=None, ge=0.0)
 
     @property
     def params(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
+        """The arguments this spec sets for its pruner (unset ones keep Optuna's defaults)."""
+        return self._params(_PRUNER_ARGS, self.kind)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known(cls, data: Any) -> Any:
+        return _known_args(data, _PRUNER_ARGS, "median", "pruner")
 
     @model_validator(mode="after")
     def _check(self) -> PrunerSpec:
-        cls = _PRUNERS[self.kind]
-        assert cls is not None
-        allowed = _plain_kwargs(cls)
-        if self.kind == "patient":
-            allowed.pop("wrapped_pruner", None)
-        for key in self.params:
-            if key not in allowed:
-                raise ValueError(f"{key}: not a parameter of the {self.kind} pruner (known: {', '.join(allowed)})")
+        lim = current_limits()
+        _check_ranges(self, {
+            "n_startup_trials": (0, lim.max_startup_trials), "n_warmup_steps": (0, lim.max_warmup_steps),
+            "interval_steps": (1, lim.max_warmup_steps), "n_min_trials": (1, lim.max_trials),
+            "min_resource": (1, lim.max_epochs), "max_resource": (1, lim.max_epochs),
+            "reduction_factor": (2, lim.max_reduction_factor), "min_early_stopping_rate": (0, 64),
+            "bootstrap_count": (0, lim.max_bootstrap_count), "n_startup_steps": (0, lim.max_warmup_steps),
+            "patience": (0, lim.max_patience), "min_delta": (0.0, 1e12),
+        })
+        if self.kind == "percentile" and self.percentile is None:
+            raise ValueError("percentile: is required for the percentile pruner")
+        if self.kind == "hyperband" and self.min_resource == "auto":
+            raise ValueError("min_resource: must be an integer for the hyperband pruner")
+        if self.kind == "successive_halving" and self.max_resource is not None:
+            raise ValueError("max_resource: not a parameter of the successive_halving pruner")
         try:
             self.build()
         except (ValueError, TypeError) as exc:
@@ -270,23 +387,48 @@ class PrunerSpec(BaseModel):
             return cls(**self.params)
 
 
-class SamplerSpec(BaseModel):
-    """``{"kind": "tpe", "seed": 0, ...}``: further keys are the Optuna sampler's keyword arguments."""
+class SamplerSpec(_Args):
+    """``{"kind": "tpe", "seed": 0, ...}``: further keys are the Optuna sampler's own typed, bounded arguments."""
 
-    model_config = ConfigDict(extra="allow")
     kind: Literal["tpe", "random", "gp", "cmaes", "qmc", "grid"] = "tpe"
-    seed: int | None = 0
+    seed: int | None = Field(default=0, ge=0, le=2**32 - 1)
+    n_startup_trials: int | None = Field(default=None, ge=0)
+    n_ei_candidates: int | None = Field(default=None, ge=1)
+    multivariate: bool | None = None
+    group: bool | None = None
+    consider_endpoints: bool | None = None
+    prior_weight: float | None = Field(default=None, gt=0.0, le=1e6)
+    consider_magic_clip: bool | None = None
+    constant_liar: bool | None = None
+    warn_independent_sampling: bool | None = None
+    deterministic_objective: bool | None = None
+    sigma0: float | None = Field(default=None, gt=0.0, le=1e6)
+    consider_pruned_trials: bool | None = None
+    restart_strategy: Literal["ipop", "bipop"] | None = None
+    popsize: int | None = Field(default=None, ge=1)
+    inc_popsize: int | None = Field(default=None, ge=1, le=100)
+    use_separable_cma: bool | None = None
+    with_margin: bool | None = None
+    lr_adapt: bool | None = None
+    qmc_type: Literal["sobol", "halton"] | None = None
+    scramble: bool | None = None
+    warn_asynchronous_seeding: bool | None = None
 
     @property
     def params(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
+        """The arguments this spec sets for its sampler besides ``seed`` (unset ones keep Optuna's defaults)."""
+        return self._params(_SAMPLER_ARGS, self.kind)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known(cls, data: Any) -> Any:
+        return _known_args(data, _SAMPLER_ARGS, "tpe", "sampler")
 
     @model_validator(mode="after")
     def _check(self) -> SamplerSpec:
-        allowed = _plain_kwargs(_SAMPLERS[self.kind])
-        for key in self.params:
-            if key not in allowed:
-                raise ValueError(f"{key}: not a parameter of the {self.kind} sampler (known: {', '.join(allowed)})")
+        lim = current_limits()
+        _check_ranges(self, {"n_startup_trials": (0, lim.max_startup_trials),
+                             "n_ei_candidates": (1, lim.max_ei_candidates), "popsize": (1, lim.max_popsize)})
         return self
 
     def build(self, search_space: dict[str, ParamSpec] | None = None) -> optuna.samplers.BaseSampler:
@@ -299,14 +441,27 @@ class SamplerSpec(BaseModel):
 
 # -------------------------------------------------------------------------------------------- the rest
 class BudgetSpec(_Model):
-    n_trials: int = Field(default=30, ge=1, le=100_000)
-    timeout_s: float | None = Field(default=600.0, gt=0)
-    max_epochs: int = Field(default=50, ge=1, le=10_000)
+    n_trials: int = Field(default=30, ge=1)
+    timeout_s: float | None = Field(default=600.0, gt=0, description="finite; see the service's limits")
+    max_epochs: int = Field(default=50, ge=1)
+
+    @model_validator(mode="after")
+    def _limits(self) -> BudgetSpec:
+        lim = current_limits()
+        _check_ranges(self, {"n_trials": (1, lim.max_trials), "timeout_s": (0, lim.max_timeout_s),
+                             "max_epochs": (1, lim.max_epochs)})
+        return self
 
 
 class EarlyStoppingSpec(_Model):
     patience: int = Field(default=5, ge=1)
     min_delta: float = Field(default=0.0, ge=0.0)
+
+    @field_validator("patience")
+    @classmethod
+    def _patience(cls, v: int) -> int:
+        _at_most(v, current_limits().max_patience)
+        return v
 
 
 class JobSpec(_Model):
@@ -343,6 +498,8 @@ class JobSpec(_Model):
                     errors.append(f"search_space.{name}: the grid sampler needs choices or a fixed value")
         if self.pruner.kind == "wilcoxon" and self.split.validation.kind != "kfold":
             errors.append("pruner.kind: the wilcoxon pruner compares per-fold scores and needs split.validation.kind 'kfold'")
+        if self.dataset.builtin is not None and not errors:
+            errors.extend(memory_errors(self, BUILTIN_FEATURES[self.dataset.builtin]))
         if errors:
             raise ValueError("\n".join(errors))
         return self
@@ -356,6 +513,69 @@ class JobSpec(_Model):
         return METRIC_DIRECTIONS[self.objective][0]
 
 
+def _upper(p: ParamSpec | None) -> float | None:
+    """The largest value a numeric search dimension can take (None when absent or not numeric)."""
+    if p is None:
+        return None
+    values = p.choices if p.kind == "choices" else [p.value] if p.kind == "fixed" else [p.high]
+    numbers = [float(v) for v in values or [] if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return max(numbers) if numbers else None
+
+
+def model_memory_bytes(spec: JobSpec, n_features: int, n_outputs: int = 10) -> int:
+    """A rough upper estimate of the training memory of the largest model the search can build.
+
+    float32 weights with their gradient and two Adam moments (4 x parameters) plus three copies of every
+    layer's output (forward, activation/dropout, backward) for the largest batch size.
+    """
+    space = spec.effective_search_space()
+    m = spec.model
+    params: dict[str, Any] = {k: _upper(space.get(k)) for k in ("n_layers", "hidden_units")}
+    depth = params["n_layers"]
+    width = params["hidden_units"]
+    hidden = list(m.hidden) or [64]
+    if width is not None:
+        hidden = [int(width)] * int(depth if depth is not None else len(hidden))
+    elif depth is not None:
+        hidden = (hidden + [hidden[-1]] * int(depth))[: int(depth)]
+    batch = int(_upper(space.get("batch_size")) or 1)
+    n_params = 0
+    activations = 0
+    if m.kind == "cnn":
+        if m.input_shape is not None:
+            c, h, w = m.input_shape
+        elif spec.dataset.builtin == "digits":
+            c, h, w = 1, 8, 8
+        else:  # an image NPZ with unknown sides: assume a square single-channel image
+            c, side = 1, max(1, math.isqrt(max(1, n_features)))
+            h = w = side
+        for out in m.channels:
+            n_params += c * out * m.kernel_size**2 + out
+            activations += out * h * w
+            if h >= 2 and w >= 2:
+                h, w = h // 2, w // 2
+            c = out
+        n_in = c * h * w
+    else:
+        n_in = n_features
+    for width_ in [*hidden, n_outputs]:
+        n_params += n_in * width_ + width_
+        activations += width_
+        n_in = width_
+    return 4 * (4 * n_params + 3 * batch * (activations + n_features))
+
+
+def memory_errors(spec: JobSpec, n_features: int) -> list[str]:
+    """``model: ...`` when the largest model of the search would obviously not fit the memory limit."""
+    limit = current_limits().max_model_bytes
+    need = model_memory_bytes(spec, n_features)
+    if need <= limit:
+        return []
+    return [(f"model: the largest model this search can build needs about {need / 2**30:.3g} GiB "
+             f"(parameters and activations x batch size), more than the limit of {limit / 2**30:.3g} GiB; "
+             "use fewer or narrower layers or a smaller batch_size")]
+
+
 def objective_errors(objective: str, task: str) -> list[str]:
     """``objective: ...`` errors when the objective does not fit the task."""
     tasks = METRIC_DIRECTIONS[objective][1]
@@ -366,7 +586,7 @@ def objective_errors(objective: str, task: str) -> list[str]:
 
 def _check_param(name: str, p: ParamSpec) -> list[str]:
     where = f"search_space.{name}"
-    lo, hi = _BOUNDS.get(name, (-math.inf, math.inf))
+    lo, hi = _bounds(name)
     if name == "optimizer":
         values = p.choices if p.kind == "choices" else [p.value] if p.kind == "fixed" else None
         if values is None:
@@ -398,6 +618,7 @@ _FRIENDLY = {
     "missing": "is required",
     "extra_forbidden": "unknown field",
     "string_too_short": "must not be empty",
+    "finite_number": "must be a finite number (no Infinity or NaN)",
 }
 
 

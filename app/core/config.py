@@ -10,6 +10,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from tuner.limits import Limits
+
 __all__ = ["Settings", "get_settings"]
 
 
@@ -42,6 +44,41 @@ class Settings(BaseSettings):
     worker_restart_backoff_max_s: float = Field(
         default=60, gt=0, description="`tuner serve`: the restart delay doubles up to this"
     )
+
+    # --- limits (README "Limits"): request bodies, spec numbers and lists, model and data size
+    max_json_kb: float = Field(default=256, gt=0, description="JSON body of POST /jobs (413 beyond)")
+    max_timeout_s: float = Field(default=Limits.max_timeout_s, gt=0, allow_inf_nan=False)
+    max_trials: int = Field(default=Limits.max_trials, ge=1)
+    max_epochs: int = Field(default=Limits.max_epochs, ge=1)
+    max_patience: int = Field(default=Limits.max_patience, ge=1)
+    max_layers: int = Field(default=Limits.max_layers, ge=1)
+    max_width: int = Field(default=Limits.max_width, ge=1)
+    max_conv_layers: int = Field(default=Limits.max_conv_layers, ge=1)
+    max_channels: int = Field(default=Limits.max_channels, ge=1)
+    max_kernel_size: int = Field(default=Limits.max_kernel_size, ge=1)
+    max_choices: int = Field(default=Limits.max_choices, ge=1)
+    max_batch_size: int = Field(default=Limits.max_batch_size, ge=1)
+    max_ei_candidates: int = Field(default=Limits.max_ei_candidates, ge=1)
+    max_model_mb: float = Field(default=Limits.max_model_bytes / 2**20, gt=0, description="training memory estimate")
+    max_features: int = Field(default=Limits.max_features, ge=1, description="input width after one-hot encoding")
+    max_decompressed_mb: float = Field(default=Limits.max_decompressed_bytes / 2**20, gt=0)
+    max_cells: int = Field(default=Limits.max_cells, ge=1, description="rows x columns of a data file")
+
+    @property
+    def max_json_bytes(self) -> int:
+        return int(self.max_json_kb * 1024)
+
+    def limits(self) -> Limits:
+        """The engine's limits with this service's overrides."""
+        return Limits().replace(
+            max_timeout_s=self.max_timeout_s, max_trials=self.max_trials, max_epochs=self.max_epochs,
+            max_patience=self.max_patience, max_layers=self.max_layers, max_width=self.max_width,
+            max_conv_layers=self.max_conv_layers, max_channels=self.max_channels,
+            max_kernel_size=self.max_kernel_size, max_choices=self.max_choices, max_batch_size=self.max_batch_size,
+            max_ei_candidates=self.max_ei_candidates, max_model_bytes=int(self.max_model_mb * 2**20),
+            max_features=self.max_features, max_decompressed_bytes=int(self.max_decompressed_mb * 2**20),
+            max_cells=self.max_cells,
+        )
 
     @property
     def is_sqlite(self) -> bool:

@@ -1,7 +1,8 @@
 """Uploaded data sets: streamed to disk under a size limit, validated with the engine's loader, recorded.
 
 Nothing is left half-written: the file goes to a temporary name first and is moved into place only
-after it validated; any failure removes it.
+after it validated; any failure removes it. :func:`store_upload` is blocking (the route runs it in a
+worker thread) and opens its write transaction only at the end, to insert the row.
 """
 
 from __future__ import annotations
@@ -10,16 +11,19 @@ import hashlib
 import os
 import uuid
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO
 
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from app.db import session_scope
 from app.errors import Conflict, FieldErrors, NotFound, PayloadTooLarge, field_error
 from app.models import Dataset, Job, JobStatus
 from tuner.data import infer_task, load_dataset
+from tuner.limits import current as current_limits
 from tuner.spec import DatasetSpec, SpecError
 
 __all__ = ["FORMATS", "MAX_CATEGORIES", "delete_dataset", "get_dataset", "store_upload"]
@@ -29,15 +33,11 @@ MAX_CATEGORIES = 1000  # distinct values a non-numeric feature may have (it is o
 _CHUNK = 1 << 20
 
 
-class Readable(Protocol):
-    async def read(self, size: int = -1) -> bytes: ...
-
-
-async def _save_stream(src: Readable, dest: Path, limit: int) -> tuple[int, str]:
+def _save_stream(src: BinaryIO, dest: Path, limit: int) -> tuple[int, str]:
     digest = hashlib.sha256()
     size = 0
     with dest.open("wb") as out:
-        while chunk := await src.read(_CHUNK):
+        while chunk := src.read(_CHUNK):
             size += len(chunk)
             if size > limit:
                 raise PayloadTooLarge(f"the file is larger than the upload limit of {limit / 2**20:g} MiB")
@@ -79,6 +79,10 @@ def _summarise(path: Path, fmt: str, target: str | None, task: str | None, allow
         elif values.astype(str).nunique() > MAX_CATEGORIES:
             errors.append((["body", "file"],
                            f"file: column '{col}' is not numeric and has more than {MAX_CATEGORIES} distinct values"))
+    width = _one_hot_width(frame)
+    if width > current_limits().max_features:
+        errors.append((["body", "file"], (f"file: the features one-hot encode to {width} columns, more than the "
+                                         f"limit of {current_limits().max_features}")))
     missing = int(frame.isna().sum().sum())
     if missing and not allow_nan:
         errors.append((["body", "file"], (f"file: the features have {missing} missing values; upload with "
@@ -109,10 +113,20 @@ def _summarise(path: Path, fmt: str, target: str | None, task: str | None, allow
     }
 
 
-async def store_upload(
-    session: Session,
+def _one_hot_width(frame: pd.DataFrame) -> int:
+    """Input width after one-hot encoding: one per numeric column, one per distinct value otherwise."""
+    width = 0
+    for col in frame.columns:
+        s = frame[col]
+        numeric = pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s)
+        width += 1 if numeric else int(s.nunique(dropna=True))
+    return width
+
+
+def store_upload(
+    engine: Engine,
     *,
-    file: Readable,
+    file: BinaryIO,
     filename: str,
     uploads_dir: Path,
     max_bytes: int,
@@ -120,7 +134,7 @@ async def store_upload(
     task: str | None,
     allow_nan: bool,
 ) -> Dataset:
-    """Save, validate and record an upload (the caller's session commits)."""
+    """Save and validate an upload, then record it in a short write transaction of its own."""
     suffix = Path(filename).suffix.lower()
     fmt = FORMATS.get(suffix)
     if fmt is None:
@@ -130,15 +144,15 @@ async def store_upload(
     final = uploads_dir / f"{ds_id}{suffix}"
     tmp = uploads_dir / f".{ds_id}.part{suffix}"
     try:
-        size, sha = await _save_stream(file, tmp, max_bytes)
+        size, sha = _save_stream(file, tmp, max_bytes)
         summary = _summarise(tmp, fmt, target, task, allow_nan)
         os.replace(tmp, final)
         dataset = Dataset(
             id=ds_id, filename=Path(filename).name[:255], path=str(final.resolve()), format=fmt,
             size_bytes=size, sha256=sha, **summary,
         )
-        session.add(dataset)
-        session.flush()
+        with session_scope(engine, write=True) as session:
+            session.add(dataset)
     except BaseException:
         tmp.unlink(missing_ok=True)
         final.unlink(missing_ok=True)

@@ -16,7 +16,7 @@ from app.errors import Conflict, FieldErrors, NotFound, field_error
 from app.liveness import live_workers
 from app.models import Dataset, Job, JobStatus, SlotRelease, utcnow
 from app.studies import progress_summary
-from tuner.spec import JobSpec, objective_errors
+from tuner.spec import JobSpec, memory_errors, objective_errors
 
 PATH_REFUSED = "dataset.path: server file paths are not accepted; upload the file with POST /datasets"
 
@@ -39,6 +39,7 @@ def create_job(session: Session, spec: JobSpec) -> Job:
                            f"dataset.target: the uploaded data set's target is '{dataset.target}'"))
         task = ds.task or dataset.task
         errors.extend((["body", "objective"], e) for e in objective_errors(spec.objective, task))
+        errors.extend((["body", "model"], e) for e in memory_errors(spec, dataset.columns))  # raw width
         if dataset.missing_values and ds.impute == "none":
             errors.append((["body", "dataset", "impute"],
                            (f"dataset.impute: the data set has {dataset.missing_values} missing values; "

@@ -252,3 +252,28 @@ def _wait_for(
 def wait_for() -> Callable[..., dict[str, Any]]:
     """``wait_for(http, job_id, pred, timeout=120)``: poll ``GET /jobs/{id}`` until ``pred(job)``."""
     return _wait_for
+
+
+# ------------------------------------------------------------------ rejected requests change nothing
+def _state(settings: Settings) -> tuple[dict[str, int], list[str]]:
+    """Row counts of the service's and Optuna's main tables, and every path under the upload directory."""
+    with get_engine(settings.database_url).connect() as conn:
+        counts = {t: conn.execute(sa.text(f"SELECT COUNT(*) FROM {t}")).scalar_one()
+                  for t in ("jobs", "datasets", "studies", "trials")}
+    up = settings.uploads_dir
+    files = sorted(str(p.relative_to(up)) for p in up.rglob("*")) if up.exists() else []
+    return counts, files
+
+
+@pytest.fixture
+def unchanged(settings: Settings) -> Callable[[], Any]:
+    """``with unchanged(): <rejected request>`` asserts the database rows and the upload dir stay as they were."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def check() -> Iterator[None]:
+        before = _state(settings)
+        yield
+        assert _state(settings) == before
+
+    return check

@@ -5,35 +5,38 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 import sqlalchemy as sa
-from fastapi import APIRouter, File, Form, Query, Request, UploadFile, status
+from fastapi import APIRouter, File, Form, Query, Response, UploadFile, status
 
-from app.api.deps import SessionDep, SettingsDep, WriteSessionDep
-from app.errors import PayloadTooLarge
+from app.api.deps import EngineDep, SessionDep, SettingsDep, WriteSessionDep
+from app.api.errors import responses
 from app.models import Dataset
 from app.schemas import DatasetPublic, Page
 from app.services import datasets as service
 
-router = APIRouter(prefix="/datasets", tags=["datasets"])
+router = APIRouter(prefix="/datasets", tags=["datasets"], responses=responses(404, 409, 413, 422))
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=DatasetPublic)
-async def upload_dataset(
-    request: Request,
-    session: WriteSessionDep,
+def upload_dataset(
+    engine: EngineDep,
     settings: SettingsDep,
+    response: Response,
     file: Annotated[UploadFile, File(description="CSV, Parquet or NPZ (arrays X and y)")],
     target: Annotated[str | None, Form(description="target column (CSV/Parquet)")] = None,
     task: Annotated[Literal["classification", "regression"] | None, Form()] = None,
     allow_nan: Annotated[bool, Form(description="accept missing feature values (impute in the job)")] = False,
 ) -> Dataset:
-    """Upload a data set; it is validated now so a job never fails on unreadable data."""
-    length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > settings.max_upload_bytes + 64 * 1024:
-        raise PayloadTooLarge(f"the file is larger than the upload limit of {settings.max_upload_mb:g} MiB")
-    return await service.store_upload(
-        session, file=file, filename=file.filename or "upload", uploads_dir=settings.uploads_dir,
+    """Upload a data set; it is validated now so a job never fails on unreadable data.
+
+    A plain ``def``: FastAPI runs it in a worker thread, so validating a large file never blocks the event
+    loop, and the database is written only at the end (the body limit is enforced while it streams in).
+    """
+    dataset = service.store_upload(
+        engine, file=file.file, filename=file.filename or "upload", uploads_dir=settings.uploads_dir,
         max_bytes=settings.max_upload_bytes, target=target or None, task=task, allow_nan=allow_nan,
     )
+    response.headers["Location"] = f"/datasets/{dataset.id}"
+    return dataset
 
 
 @router.get("", response_model=Page[DatasetPublic])

@@ -7,13 +7,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Response, status
 
 from app.api.deps import SessionDep, SettingsDep, StorageDep, WriteSessionDep
+from app.api.errors import responses
 from app.models import JobStatus
 from app.schemas import JobPublic, JobSummary, Page, TrialPublic
 from app.services import jobs as service
 from app.studies import trial_dict, trial_page
 from tuner.spec import JobSpec
 
-router = APIRouter(prefix="/jobs", tags=["jobs"])
+router = APIRouter(prefix="/jobs", tags=["jobs"], responses=responses(404, 409, 413, 422))
 
 LimitQ = Annotated[int, Query(ge=1, le=500, description="page size")]
 OffsetQ = Annotated[int, Query(ge=0)]

@@ -1,0 +1,156 @@
+"""One error shape for every reply, and the request-body limit enforced while the body streams in.
+
+Every error is ``{"detail": "..."}`` or ``{"detail": [{"loc": [...], "msg": "...", "type": "..."}]}``:
+domain errors, Starlette's 404/405, 413 from :class:`BodyLimitMiddleware`, 422, 503 while the database is
+unreachable (with ``Retry-After``) and 500 for anything unexpected. :data:`ERROR_RESPONSES` declares them in
+the OpenAPI schema.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import optuna
+import sqlalchemy as sa
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["ERROR_RESPONSES", "BodyLimitMiddleware", "BodyTooLarge", "ErrorResponse", "install_error_handlers"]
+
+log = logging.getLogger(__name__)
+RETRY_AFTER_S = 5
+# Driver-level failures that mean "the database is not reachable right now", not a bug.
+DATABASE_DOWN: tuple[type[BaseException], ...] = (
+    sa.exc.OperationalError,
+    sa.exc.InterfaceError,
+    sa.exc.TimeoutError,
+    optuna.exceptions.StorageInternalError,
+)
+
+
+class ErrorItem(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ErrorResponse(BaseModel):
+    """Every error reply: a sentence, or one ``dotted.field: reason`` entry per problem."""
+
+    detail: str | list[ErrorItem]
+
+
+def _response(description: str) -> dict[str, Any]:
+    return {"model": ErrorResponse, "description": description}
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    404: _response("No such resource"),
+    409: _response("Conflicts with the resource's state"),
+    413: _response("Request body larger than the limit"),
+    422: _response("Invalid request: one entry per field and reason"),
+    500: _response("Unexpected server error"),
+    503: _response("Database unreachable or not migrated; retry after the Retry-After seconds"),
+}
+
+
+def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI ``responses=`` entries for these status codes."""
+    return {c: ERROR_RESPONSES[c] for c in codes}
+
+
+# ------------------------------------------------------------------------------------------ body limit
+class BodyTooLarge(HTTPException):
+    """Raised from ``receive`` as soon as a body passes its limit (an HTTPException, so FastAPI re-raises it)."""
+
+    def __init__(self, limit: int) -> None:
+        human = f"{limit / 2**20:g} MiB" if limit >= 2**20 else f"{limit / 1024:g} KiB"
+        super().__init__(status_code=413, detail=f"the request body is larger than the limit of {human}")
+
+
+class BodyLimitMiddleware:
+    """Refuse a request body past its route's limit while it streams in, before it is spooled or parsed.
+
+    ``limits`` maps ``(method, path)`` to bytes. A ``Content-Length`` over the limit is refused without
+    reading; otherwise bytes are counted message by message and reading stops with 413 past the limit.
+    """
+
+    def __init__(self, app: ASGIApp, limits: Mapping[tuple[str, str], int]) -> None:
+        self.app = app
+        self.limits = dict(limits)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        limit = None
+        if scope["type"] == "http":
+            limit = self.limits.get((scope["method"], scope["path"].rstrip("/") or "/"))
+        if limit is None:
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > limit:
+            await _json_error(BodyTooLarge(limit), scope, send)
+            return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge(limit)
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodyTooLarge as exc:  # raised where no exception handler saw it (e.g. a background read)
+            if started:
+                raise
+            await _json_error(exc, scope, send)
+
+
+async def _json_error(exc: HTTPException, scope: Scope, send: Send) -> None:
+    async def no_body() -> Message:
+        return {"type": "http.disconnect"}
+
+    response = JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers={"Connection": "close"})
+    await response(scope, no_body, send)
+
+
+# -------------------------------------------------------------------------------------------- handlers
+def install_error_handlers(app: FastAPI, *, body_limits: Mapping[tuple[str, str], int]) -> None:
+    """Register the JSON handlers for HTTP errors, database outages and bugs, and the body limits."""
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(_request: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    async def _database_down(_request: Request, exc: Exception) -> JSONResponse:
+        log.warning("database unreachable: %s: %s", type(exc).__name__, exc)
+        return JSONResponse(
+            {"detail": f"the database is unreachable ({type(exc).__name__}); retry in a few seconds"},
+            status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
+
+    for exc_type in DATABASE_DOWN:
+        app.add_exception_handler(exc_type, _database_down)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, DATABASE_DOWN):
+            return await _database_down(_request, exc)
+        log.exception("unhandled error", exc_info=exc)
+        return JSONResponse({"detail": f"internal server error ({type(exc).__name__})"}, status_code=500)
+
+    app.add_middleware(BodyLimitMiddleware, limits=body_limits)
