@@ -195,7 +195,7 @@ class Worker:
         if ctx is None:
             spec = JobSpec.model_validate(spec_json)
             data = prepare_data(spec, resolve_upload=self._resolve_upload)
-            study = open_study(spec, self.storage, study_name)
+            study = open_study(spec, self.storage, study_name, worker_id=self.worker_id)
             objective = Objective(
                 spec, data, device=self.settings.device, should_stop=lambda: self._should_stop(job_id),
                 worker_id=self.worker_id, artifacts_dir=self.settings.artifacts_dir,

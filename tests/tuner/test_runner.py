@@ -81,9 +81,9 @@ def test_run_end_to_end_resume_and_result(make_spec, tmp_path: Path) -> None:
     assert set(result["best_trial"]) == {"number", "params", "value", "best_epoch"}
     assert result["counts"]["counted"] == 2 and result["model_path"].endswith("best-model.pt")
     bigger = make_spec(budget={"n_trials": 3})
-    result = run(bigger, storage=storage, artifacts_dir=tmp_path / "art", progress=False)
+    result = run(bigger, storage=storage, artifacts_dir=tmp_path / "art", progress=False, rescore_test=True)
     assert result["counts"]["complete"] == 3  # one more trial, not three
-    result = run(bigger, storage=storage, artifacts_dir=tmp_path / "art", progress=False)
+    result = run(bigger, storage=storage, artifacts_dir=tmp_path / "art", progress=False, rescore_test=True)
     assert result["counts"]["complete"] == 3
     study = optuna.load_study(study_name="tiny", storage=storage)
     assert "spec" in study.user_attrs and "test_metrics" in study.user_attrs
