@@ -174,11 +174,20 @@ def test_undefined_roc_auc_is_null_never_nan() -> None:
     json.dumps(metrics, allow_nan=False)
 
 
-def test_results_and_stored_attrs_are_valid_json(make_spec, tmp_path: Path) -> None:
-    spec = make_spec(objective="roc_auc", budget={"n_trials": 2, "max_epochs": 2})
-    result = run(spec, artifacts_dir=tmp_path, progress=False, storage=f"sqlite:///{tmp_path / 'r.db'}")
+def test_results_and_stored_attrs_are_valid_json(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"x": rng.normal(size=60), "label": np.arange(60) % 2})
+    path = tmp_path / "b.csv"
+    frame.to_csv(path, index=False)
+    spec = _csv_spec(path, objective="accuracy", split={"stratify": False, "seed": 0})
+    frame["label"] = 0
+    frame.loc[prepare_data(spec).splits.dev[:12], "label"] = 1  # class 1 only in non-test rows
+    frame.to_csv(path, index=False)
+    storage = f"sqlite:///{tmp_path / 'r.db'}"
+    result = run(spec, artifacts_dir=tmp_path, progress=False, storage=storage)
+    assert result["status"] == "completed" and result["test_metrics"]["roc_auc"] is None  # one class: undefined
     json.dumps(result, allow_nan=False)
-    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'r.db'}")
+    study = optuna.load_study(study_name="integrity", storage=storage)
     json.dumps(study.user_attrs, allow_nan=False)
     for t in study.trials:
         json.dumps(t.user_attrs, allow_nan=False)
