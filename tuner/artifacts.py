@@ -45,7 +45,7 @@ def save_model(
         "task": data.task,
         "classes": data.classes,
         "columns": [str(c) for c in data.dev_frame.columns],
-        "n_features": data.n_features,
+        "n_features": preprocessor.n_features,
         "n_outputs": data.n_outputs,
         "input_shape": list(data.input_shape) if data.input_shape is not None else None,
         "preprocessing": preprocessor.to_dict(),

@@ -32,12 +32,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help="default: %(default)s")
     p.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads (default: all cores)")
+    p.add_argument("--rescore-test", action="store_true",
+                   help="score a resumed run's new best trial on the test set although an earlier one was scored")
     p.set_defaults(func=_cmd_run)
     return parser
 
 
 def _print_json(result: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(result, indent=2, default=str) + "\n")
+    from tuner.metrics import json_safe
+
+    sys.stdout.write(json.dumps(json_safe(result), indent=2, default=str, allow_nan=False) + "\n")
     sys.stdout.flush()
 
 
@@ -58,17 +62,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     import optuna
 
-    from tuner.runner import run
+    from tuner.errors import TrialConfigError
+    from tuner.runner import TestAlreadyScored, run
 
     optuna.logging.set_verbosity(logging.WARNING if not args.quiet else logging.ERROR)
     try:
         result = run(
             spec, storage=args.storage, study_name=args.study_name, artifacts_dir=args.artifacts,
-            progress=not args.quiet, device=args.device, num_threads=args.threads,
+            progress=not args.quiet, device=args.device, num_threads=args.threads, rescore_test=args.rescore_test,
         )
     except SpecError as exc:
         print("\n".join(exc.errors), file=sys.stderr)
         return EXIT_BAD_SPEC
+    except (TestAlreadyScored, TrialConfigError) as exc:  # finalisation refused or failed: trials are kept
+        print(str(exc), file=sys.stderr)
+        return 1
     except KeyboardInterrupt:  # outside the search (e.g. while scoring): nothing half-stored to report
         _print_json({"status": "interrupted", "study_name": args.study_name or spec.name})
         return EXIT_INTERRUPTED

@@ -1,8 +1,10 @@
 """Data: loading (builtin / CSV / Parquet / NPZ), task inference, splits and preprocessing.
 
-Everything fitted (imputation values, standardisation statistics, the regression target's scale) is
-fitted on the training part of each split only. The test rows are set aside first and are reachable
-only through :meth:`PreparedData.take_test`, which counts its calls so tests can prove the test-once rule.
+Everything fitted (column kinds, one-hot vocabularies, imputation values, standardisation statistics,
+the regression target's scale) is fitted on the training part of each split only, and the class list on
+the non-test rows. The test rows are set aside first and are reachable only through
+:meth:`PreparedData.take_test`, which counts its calls so tests can prove the test-once rule. No value in
+a test row changes anything before the final scoring (``tests/tuner/test_integrity.py`` checks it).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from sklearn.preprocessing import StandardScaler
 from tuner.spec import DatasetSpec, JobSpec, SpecError, objective_errors
 
 __all__ = [
+    "MAX_FEATURES",
+    "UNSEEN_LABEL",
     "Fold",
     "PreparedData",
     "Preprocessor",
@@ -30,6 +34,7 @@ __all__ = [
     "SplitIndices",
     "Standardizer",
     "TestData",
+    "column_kinds",
     "infer_task",
     "load_dataset",
     "prepare_data",
@@ -39,6 +44,10 @@ __all__ = [
 Task = Literal["classification", "regression"]
 # An integer-valued target with more distinct values than this is treated as regression.
 MAX_CLASSES_FOR_INFERENCE = 20
+# One-hot encoding that would give more feature columns than this is refused before any matrix is built.
+MAX_FEATURES = 10_000
+# The code of a test label that no non-test row has: it is scored as a wrong prediction, never a class.
+UNSEEN_LABEL = -1
 _BUILTIN_LOADERS: dict[str, Callable[..., Any]] = {
     "digits": skdatasets.load_digits,
     "iris": skdatasets.load_iris,
@@ -194,9 +203,13 @@ class Standardizer:
 class Preprocessor:
     """Raw frame -> float32 matrix: impute numeric NaN, standardise numeric columns, one-hot categoricals.
 
-    ``categories`` (the one-hot vocabulary) is given by the caller so every split has the same columns;
-    imputation values and standardisation statistics are fitted on the rows passed to :meth:`fit`.
-    For regression the target is standardised too (``target_scaler``) and predictions are mapped back.
+    Everything is fitted on the rows passed to :meth:`fit` (a fold's training part): which columns are
+    numeric, the one-hot vocabularies, imputation values and standardisation statistics. At transform
+    time a category the training part never had is "unknown" (all zeros), and a missing, non-numeric or
+    infinite value in a numeric column (possible only in rows outside the training part: validation rows
+    are checked up front, test rows and prediction inputs are not) is replaced by the imputation value,
+    or by the training mean when ``impute`` is ``none``. For regression the target is standardised too
+    (``target_scaler``) and predictions are mapped back.
     """
 
     def __init__(
@@ -221,11 +234,12 @@ class Preprocessor:
         frame: pd.DataFrame,
         y: np.ndarray | None,
         *,
-        categories: dict[str, list[str]],
         impute: str,
         task: Task,
+        max_features: int = MAX_FEATURES,
     ) -> Preprocessor:
-        numeric = [c for c in frame.columns if c not in categories]
+        """Fit on ``frame`` (a training part); :class:`SpecError` when one-hot gives > ``max_features``."""
+        numeric, categories = column_kinds(frame, max_features=max_features)
         X = _numeric_matrix(frame, numeric)
         impute_values = None
         if impute != "none" and numeric:
@@ -243,13 +257,29 @@ class Preprocessor:
     def feature_names(self) -> list[str]:
         return [*self.numeric, *(f"{c}={v}" for c, vs in self.categories.items() for v in vs)]
 
+    @property
+    def n_features(self) -> int:
+        return len(self.numeric) + sum(len(v) for v in self.categories.values())
+
+    @property
+    def loss_scale(self) -> float:
+        """Factor from the MSE on the standardised target to the MSE in the target's units (1 otherwise)."""
+        return 1.0 if self.target_scaler is None else float(self.target_scaler.scale[0]) ** 2
+
+    def unusable_rows(self, frame: pd.DataFrame) -> int:
+        """Rows with a missing, non-numeric or infinite value in a numeric column (they get filled)."""
+        X = _numeric_matrix(frame, self.numeric)
+        return int((~np.isfinite(X)).any(axis=1).sum()) if X.size else 0
+
     def transform(self, frame: pd.DataFrame) -> np.ndarray:
         X = _numeric_matrix(frame, self.numeric)
-        if self.impute_values is not None:
-            X = np.where(np.isnan(X), self.impute_values, X)
+        fill = self.impute_values if self.impute_values is not None else self.standardizer.mean
+        if X.size:
+            X = np.where(np.isfinite(X), X, fill)
         parts = [self.standardizer.transform(X)] if self.numeric else []
         for col, values in self.categories.items():
-            codes = pd.Categorical(frame[col].astype("string"), categories=values).codes  # unknown/NaN -> -1
+            codes = pd.Index(values).get_indexer(frame[col].astype(str))  # unknown -> -1
+            codes[frame[col].isna().to_numpy()] = -1
             onehot = np.zeros((len(frame), len(values)))
             hit = codes >= 0
             onehot[np.nonzero(hit)[0], codes[hit]] = 1.0
@@ -302,18 +332,89 @@ def _numeric_matrix(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
     return frame[columns].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
 
 
-def _categorical_columns(frame: pd.DataFrame) -> list[str]:
-    return [
-        c
-        for c in frame.columns
-        if not pd.api.types.is_numeric_dtype(frame[c]) or pd.api.types.is_bool_dtype(frame[c])
-    ]
+def _parses_as_numbers(series: pd.Series) -> bool:
+    if pd.api.types.is_bool_dtype(series):
+        return False
+    if pd.api.types.is_numeric_dtype(series):
+        return True
+    present = series.dropna()
+    return bool(pd.to_numeric(present, errors="coerce").notna().all())
+
+
+def column_kinds(frame: pd.DataFrame, *, max_features: int = MAX_FEATURES) -> tuple[list[str], dict[str, list[str]]]:
+    """Numeric columns and one-hot vocabularies of ``frame`` (a training part).
+
+    A column is numeric when every non-missing value in ``frame`` is a number (numeric dtype, or text that
+    parses as one); otherwise it is one-hot encoded over the distinct values ``frame`` has. Raises
+    :class:`SpecError` naming the count when the encoding would give more than ``max_features`` columns,
+    before any matrix is built.
+    """
+    numeric: list[str] = []
+    categories: dict[str, list[str]] = {}
+    for c in frame.columns:
+        if _parses_as_numbers(frame[c]):
+            numeric.append(c)
+        else:
+            categories[c] = sorted(frame[c].dropna().astype(str).unique().tolist())
+    width = len(numeric) + sum(len(v) for v in categories.values())
+    if width > max_features:
+        widest = max(categories, key=lambda k: len(categories[k]))
+        raise SpecError([
+            (f"dataset: one-hot encoding gives {width} feature columns, more than the limit of {max_features} "
+            f"(column '{widest}' alone has {len(categories[widest])} distinct values); drop or bucket "
+            "high-cardinality text columns")
+        ])
+    return numeric, categories
+
+
+def _check_dev_features(frame: pd.DataFrame, impute: str) -> None:
+    """Checks on the non-test rows only (test rows never decide whether a job may run).
+
+    A text column that is mostly numbers with some other tokens (``"?"``, ``"n/a"``) is refused rather
+    than guessed at: one-hot encoding it would turn every distinct number into a feature, and reading the
+    tokens as missing would hide a data error. Missing values need ``impute``; infinite values are refused.
+    """
+    errors: list[str] = []
+    for c in frame.columns:
+        s = frame[c]
+        if pd.api.types.is_bool_dtype(s) or pd.api.types.is_numeric_dtype(s):
+            continue
+        present = s.dropna()
+        parsed = pd.to_numeric(present, errors="coerce")
+        n_bad = int(parsed.isna().sum())
+        if 0 < n_bad <= int(parsed.notna().sum()):
+            tokens = ", ".join(repr(str(t)) for t in present[parsed.isna()].astype(str).unique()[:3])
+            errors.append(
+                f"dataset: column '{c}' holds numbers and {n_bad} non-numeric value(s) ({tokens}) in the "
+                "non-test rows; write missing values as empty cells (and set dataset.impute) or make the "
+                "column all text"
+            )
+    numeric = [c for c in frame.columns if _parses_as_numbers(frame[c])]
+    X = _numeric_matrix(frame, numeric)
+    for j in np.nonzero(np.isinf(X).any(axis=0))[0] if X.size else []:
+        n_inf = int(np.isinf(X[:, j]).sum())
+        errors.append(
+            f"dataset: column '{numeric[j]}' has {n_inf} infinite value(s) in the non-test rows; "
+            "replace them (or leave the cells empty and set dataset.impute)"
+        )
+    n_missing = int(frame.isna().sum().sum())
+    if n_missing and impute == "none":
+        errors.append(
+            f"dataset.impute: the features have {n_missing} missing values in the non-test rows; "
+            "set it to 'mean' or 'median'"
+        )
+    if errors:
+        raise SpecError(errors)
 
 
 # -------------------------------------------------------------------------------------- prepared data
 @dataclass
 class Fold:
-    """One training/validation pair as float tensors, plus the preprocessor fitted on its training part."""
+    """One training/validation pair as float tensors, plus the preprocessor fitted on its training part.
+
+    Column kinds and one-hot vocabularies are the training part's, so folds may differ in width:
+    build each fold's model with :attr:`n_features`.
+    """
 
     train_idx: np.ndarray
     val_idx: np.ndarray | None
@@ -323,13 +424,26 @@ class Fold:
     y_val: torch.Tensor | None
     preprocessor: Preprocessor
 
+    @property
+    def n_features(self) -> int:
+        return int(self.X_train.shape[1])
+
 
 @dataclass
 class TestData:
-    """The raw test rows (features as a frame, encoded targets) for the one final scoring."""
+    """The raw test rows (features as a frame, encoded targets) for the one final scoring.
+
+    ``y`` holds :data:`UNSEEN_LABEL` for a classification label that no non-test row has; ``labels``
+    holds the raw labels (for reporting).
+    """
 
     frame: pd.DataFrame
     y: np.ndarray
+    labels: np.ndarray | None = None
+
+    @property
+    def n_unseen_label(self) -> int:
+        return int((np.asarray(self.y) == UNSEEN_LABEL).sum()) if self.labels is not None else 0
 
 
 @dataclass
@@ -344,14 +458,15 @@ class PreparedData:
     folds: list[Fold]
     dev_frame: pd.DataFrame
     dev_y: np.ndarray
-    categories: dict[str, list[str]]
+    max_features: int = MAX_FEATURES
     test_access_count: int = 0
     _test: TestData | None = field(default=None, repr=False)
     _full: Fold | None = field(default=None, repr=False)
 
     @property
     def n_features(self) -> int:
-        return int(self.folds[0].X_train.shape[1])
+        """The first fold's width (every fold's with numeric data; see :attr:`Fold.n_features`)."""
+        return self.folds[0].n_features
 
     @property
     def n_outputs(self) -> int:
@@ -374,40 +489,58 @@ class PreparedData:
         return self._full
 
 
-def prepare_data(spec: JobSpec, *, resolve_upload: Callable[[str], Path] | None = None) -> PreparedData:
-    """Load, validate, split and preprocess the data a spec names (deterministic by ``split.seed``)."""
+def prepare_data(
+    spec: JobSpec,
+    *,
+    resolve_upload: Callable[[str], Path] | None = None,
+    max_features: int = MAX_FEATURES,
+) -> PreparedData:
+    """Load, validate, split and preprocess the data a spec names (deterministic by ``split.seed``).
+
+    Only the split itself looks at every row (the test rows are drawn first, stratified by label for
+    classification); the class list, the checks on feature values and everything fitted use the
+    non-test rows only.
+    """
     raw = load_dataset(spec.dataset, resolve_upload=resolve_upload)
     frame, y_raw = raw.frame, raw.target
     if len(frame) < 10:
         raise SpecError([f"dataset: too few rows ({len(frame)}) to split"])
     if pd.isna(pd.Series(y_raw)).any():
         raise SpecError([f"dataset.target: {int(pd.isna(pd.Series(y_raw)).sum())} rows have no target value"])
-    categorical = _categorical_columns(frame)
-    n_missing = int(frame.isna().sum().sum())
-    if n_missing and spec.dataset.impute == "none":
-        raise SpecError(
-            [f"dataset.impute: the features have {n_missing} missing values; set it to 'mean' or 'median'"]
-        )
     task: Task = spec.dataset.task or infer_task(y_raw)
     if errors := objective_errors(spec.objective, task):
         raise SpecError(errors)
-    classes: list[Any] | None = None
     if task == "classification":
-        uniq, y = np.unique(np.asarray(y_raw).astype(str) if _categorical_target(y_raw) else y_raw, return_inverse=True)
-        if len(uniq) < 2:
+        key = np.asarray(y_raw).astype(str) if _categorical_target(y_raw) else np.asarray(y_raw)
+        if len(np.unique(key)) < 2:
             raise SpecError(["dataset.target: a classification target needs at least two classes"])
-        classes = [_plain(v) for v in uniq]
-        y = y.astype(np.int64)
     else:
         try:
-            y = np.asarray(y_raw, dtype=np.float64)
+            key = np.asarray(y_raw, dtype=np.float64)
         except (TypeError, ValueError):
             raise SpecError(["dataset.task: a regression target must be numeric"]) from None
     shape = _input_shape(spec, raw.input_shape)
-    splits = split_indices(spec, y, task)
+    splits = split_indices(spec, key, task)
     dev_frame = frame.iloc[splits.dev].reset_index(drop=True)
-    # The one-hot vocabulary comes from the non-test rows so every fold has the same columns.
-    categories = {c: sorted(dev_frame[c].dropna().astype(str).unique().tolist()) for c in categorical}
+    _check_dev_features(dev_frame, spec.dataset.impute)
+    classes: list[Any] | None = None
+    test_labels: np.ndarray | None = None
+    if task == "classification":
+        # Classes come from the non-test rows; a test label none of them has is UNSEEN_LABEL.
+        uniq, dev_y = np.unique(key[splits.dev], return_inverse=True)
+        if len(uniq) < 2:
+            raise SpecError(["dataset.target: the non-test rows hold fewer than two classes"])
+        classes = [_plain(v) for v in uniq]
+        dev_y = dev_y.astype(np.int64)
+        test_labels = key[splits.test]
+        pos = np.clip(np.searchsorted(uniq, test_labels), 0, len(uniq) - 1)
+        test_y = np.where(uniq[pos] == test_labels, pos, UNSEEN_LABEL).astype(np.int64)
+        if spec.objective == "roc_auc":
+            _check_every_class(spec, splits, dev_y, test_y, classes)
+    else:
+        dev_y, test_y = key[splits.dev], key[splits.test]
+    if spec.split.validation.kind == "kfold":
+        column_kinds(dev_frame, max_features=max_features)  # the refit's width: the widest of all
     data = PreparedData(
         spec=spec,
         task=task,
@@ -416,15 +549,42 @@ def prepare_data(spec: JobSpec, *, resolve_upload: Callable[[str], Path] | None 
         splits=splits,
         folds=[],
         dev_frame=dev_frame,
-        dev_y=y[splits.dev],
-        categories=categories,
-        _test=TestData(frame.iloc[splits.test].reset_index(drop=True), y[splits.test]),
+        dev_y=dev_y,
+        max_features=max_features,
+        _test=TestData(frame.iloc[splits.test].reset_index(drop=True), test_y, test_labels),
     )
     data.folds = [_make_fold(data, tr, va) for tr, va in splits.folds]
-    if spec.model.kind == "cnn" and shape is not None and int(np.prod(shape)) != data.n_features:
+    if spec.model.kind == "cnn" and shape is not None:
         size = int(np.prod(shape))
-        raise SpecError([f"model.input_shape: {list(shape)} holds {size} values; the data has {data.n_features} features"])
+        for fold in data.folds:
+            if size != fold.n_features:
+                raise SpecError([
+                    f"model.input_shape: {list(shape)} holds {size} values; the data has {fold.n_features} features"
+                ])
     return data
+
+
+def _check_every_class(
+    spec: JobSpec, splits: SplitIndices, dev_y: np.ndarray, test_y: np.ndarray, classes: list[Any]
+) -> None:
+    """ROC-AUC is undefined on rows that miss a class: refuse such a split before anything trains."""
+    val = spec.split.validation
+    every = set(range(len(classes)))
+    for i, (_, va) in enumerate(splits.folds):
+        missing = sorted(every - set(dev_y[va].tolist()))
+        if missing:
+            where = f"validation fold {i + 1} of {len(splits.folds)}" if val.kind == "kfold" else "the validation rows"
+            hint = "use fewer folds (split.validation.k)" if val.kind == "kfold" else "use a larger split.validation.fraction"
+            raise SpecError([
+                (f"split: no row of class {classes[missing[0]]!r} in {where}, so ROC-AUC is undefined there; "
+                f"{hint}, keep split.stratify on, or choose another objective")
+            ])
+    missing = sorted(every - set(test_y[test_y != UNSEEN_LABEL].tolist()))
+    if missing:
+        raise SpecError([
+            (f"split: no row of class {classes[missing[0]]!r} in the test rows, so the test ROC-AUC is undefined; "
+            "use a larger split.test_fraction, keep split.stratify on, or choose another objective")
+        ])
 
 
 def _categorical_target(y: np.ndarray) -> bool:
@@ -449,7 +609,9 @@ def _input_shape(spec: JobSpec, inferred: tuple[int, int, int] | None) -> tuple[
 def _make_fold(data: PreparedData, train_idx: np.ndarray, val_idx: np.ndarray | None) -> Fold:
     tr_frame = data.dev_frame.iloc[train_idx]
     y_tr = data.dev_y[train_idx]
-    pre = Preprocessor.fit(tr_frame, y_tr, categories=data.categories, impute=data.spec.dataset.impute, task=data.task)
+    pre = Preprocessor.fit(
+        tr_frame, y_tr, impute=data.spec.dataset.impute, task=data.task, max_features=data.max_features
+    )
 
     def tensors(frame: pd.DataFrame, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         X = torch.from_numpy(np.ascontiguousarray(pre.transform(frame)))

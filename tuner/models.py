@@ -38,7 +38,8 @@ def init_weights(model: nn.Module, activation: str) -> None:
         if isinstance(m, (nn.Linear, nn.Conv2d)):
             if init_scheme(activation) == "he":
                 nonlin: Any = "leaky_relu" if activation == "leaky_relu" else "relu"
-                nn.init.kaiming_normal_(m.weight, nonlinearity=nonlin)
+                slope = nn.LeakyReLU().negative_slope if activation == "leaky_relu" else 0.0  # the gain's slope
+                nn.init.kaiming_normal_(m.weight, a=slope, nonlinearity=nonlin)
             else:
                 gain = nn.init.calculate_gain(cast(Any, activation))
                 nn.init.xavier_uniform_(m.weight, gain=gain)

@@ -83,9 +83,10 @@ def train_on_fold(
     """
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    model = build_model(spec.model, params, data.n_features, data.n_outputs, input_shape=data.input_shape)
+    model = build_model(spec.model, params, fold.n_features, data.n_outputs, input_shape=data.input_shape)
     model.to(device)
     cfg = TrainConfig.from_params(params, spec)
+    cfg.loss_scale = fold.preprocessor.loss_scale  # regression losses in the target's units
     if max_epochs is not None:
         cfg.max_epochs = max_epochs
     if tensors is None:

@@ -6,9 +6,11 @@ attributes, and (as study user attributes) the spec, the final test metrics and 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import sys
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,36 +22,74 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.artifacts import save_model
-from tuner.data import PreparedData, prepare_data
+from tuner.data import UNSEEN_LABEL, PreparedData, prepare_data
 from tuner.errors import TrialConfigError
-from tuner.metrics import compute_metrics
+from tuner.metrics import compute_metrics, json_safe
 from tuner.objective import Objective, resolve_device, train_on_fold
 from tuner.spec import JobSpec, SpecError
 from tuner.training import evaluate
 
-__all__ = ["TrialCounts", "build_result", "finalize", "open_study", "optimize", "run", "trial_counts"]
+__all__ = [
+    "TestAlreadyScored",
+    "TrialCounts",
+    "build_result",
+    "finalize",
+    "open_study",
+    "optimize",
+    "run",
+    "sampler_seed",
+    "trial_counts",
+]
 
 _SPEC_ATTR = "spec"
+# The sampler seed each open study was given (recorded on every trial it runs as system attr "sampler_seed").
+_SAMPLER_SEEDS: weakref.WeakKeyDictionary[optuna.Study, int] = weakref.WeakKeyDictionary()
+
+
+class TestAlreadyScored(RuntimeError):
+    """:func:`finalize` would consult the test set for a second trial without ``allow_rescore``."""
+
+    __test__ = False  # not a pytest test class
+
+
+def sampler_seed(seed: int, worker_id: str | None, n_trials: int) -> int:
+    """The sampler seed of one process: the spec's ``seed``, the worker and the trials already in the study.
+
+    One process running a study from scratch gets the same seed every time (reproducible); a resumed
+    study (more trials already) and another worker get other seeds, so they do not re-propose the same
+    first points.
+    """
+    digest = hashlib.sha256(f"{seed}/{worker_id or ''}/{n_trials}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
 
 
 def open_study(
     spec: JobSpec,
     storage: str | optuna.storages.BaseStorage | None,
     study_name: str | None = None,
+    *,
+    worker_id: str | None = None,
 ) -> optuna.Study:
     """Create or load the study (``study_name`` defaults to ``spec.name``; ``storage=None`` is in memory).
 
     Sampler, pruner and direction come from the spec, whose JSON is kept in study user attr ``spec``.
+    A seeded sampler gets :func:`sampler_seed` of the spec's seed, ``worker_id`` and the number of trials
+    already in the study, so a resume or a second worker does not repeat the first proposals.
     Loading a study that was created from a different spec (budget aside) raises :class:`SpecError`.
     """
+    space = spec.effective_search_space()
     study = optuna.create_study(
         storage=storage,
         study_name=study_name or spec.name,
-        sampler=spec.sampler.build(spec.effective_search_space()),
+        sampler=spec.sampler.build(space),
         pruner=spec.pruner.build(),
         direction=spec.direction,
         load_if_exists=True,
     )
+    if spec.sampler.seed is not None:
+        seed = sampler_seed(spec.sampler.seed, worker_id, len(study.get_trials(deepcopy=False)))
+        study.sampler = spec.sampler.model_copy(update={"seed": seed}).build(space)
+        _SAMPLER_SEEDS[study] = seed
     stored = study.user_attrs.get(_SPEC_ATTR)
     if stored is None:
         study.set_user_attr(_SPEC_ATTR, spec.model_dump_json())
@@ -120,6 +160,9 @@ def optimize(
     :class:`StopRequested` and ``KeyboardInterrupt`` propagate after Optuna has recorded the trial.
     """
     callbacks = list(callbacks)
+    seed = _SAMPLER_SEEDS.get(study)
+    if seed is not None:
+        objective = _recording_seed(objective, seed)
     bar = None
     if progress and n_trials:
         from tqdm.auto import tqdm
@@ -146,6 +189,14 @@ def optimize(
             bar.close()
 
 
+def _recording_seed(objective: Callable[[optuna.Trial], float], seed: int) -> Callable[[optuna.Trial], float]:
+    def recorded(trial: optuna.Trial) -> float:
+        trial.storage.set_trial_system_attr(trial._trial_id, "sampler_seed", seed)
+        return objective(trial)
+
+    return recorded
+
+
 def finalize(
     study: optuna.Study,
     spec: JobSpec,
@@ -153,26 +204,46 @@ def finalize(
     *,
     artifacts_dir: Path,
     device: str | torch.device = "cpu",
+    allow_rescore: bool = False,
 ) -> dict[str, Any]:
     """Score the best trial's model on the test set (the only call of ``data.take_test()``) and save it.
 
     Holdout: the best trial's kept (best-epoch) weights, from its saved state or a deterministic
     re-training. K-fold: a refit on all non-test rows with the best params for the rounded mean of its
-    folds' best epochs, without early stopping. Stores study user attrs ``test_metrics``, ``model_path``,
-    ``best_epoch`` and ``best_trial_number``; returns the test metrics. Finalising the same best trial
-    again returns the stored metrics without touching the test set.
+    folds' best epochs, without early stopping (a refit that diverges raises :class:`TrialConfigError`
+    before the test set is touched). Stores study user attrs ``test_metrics``, ``model_path``,
+    ``best_epoch`` and ``best_trial_number``; returns the test metrics.
+
+    The test set is scored once per job: every scoring is recorded (user attrs ``test_scored_trials`` and
+    ``test_scoring_count``) before the test rows are read. Finalising the same best trial again returns
+    the stored metrics without touching the test set. When a resumed search found another best trial,
+    scoring it would consult the test set a second time: that raises :class:`TestAlreadyScored` unless
+    ``allow_rescore`` (``tuner run --rescore-test``).
     """
     best = study.best_trial  # ValueError when no trial completed
     attrs = study.user_attrs
     if attrs.get("best_trial_number") == best.number and "test_metrics" in attrs:
         return dict(attrs["test_metrics"])
+    scored = [int(n) for n in attrs.get("test_scored_trials", [])]
+    if not scored and "best_trial_number" in attrs:  # scored before this record existed
+        scored = [int(attrs["best_trial_number"])]
+    others = [n for n in scored if n != best.number]  # the same trial again (after a crash) learns nothing new
+    if others and not allow_rescore:
+        raise TestAlreadyScored(
+            f"test: the test set was already scored for trial {others[-1]}; the best trial is now {best.number}. "
+            "Scoring it would consult the test set a second time: pass allow_rescore=True "
+            "(tuner run --rescore-test) to do so knowingly"
+        )
     dev = resolve_device(device)
     params = dict(best.params)
     seed = spec.split.seed + best.number
     if spec.split.validation.kind == "kfold":
         fold = data.full()
         epochs = int(best.user_attrs.get("best_epoch") or spec.budget.max_epochs)
-        model, _ = train_on_fold(spec, data, fold, params, seed=seed, device=dev, max_epochs=epochs)
+        try:
+            model, _ = train_on_fold(spec, data, fold, params, seed=seed, device=dev, max_epochs=epochs)
+        except TrialConfigError as exc:
+            raise TrialConfigError(f"the K-fold refit of trial {best.number} failed: {exc}") from None
     else:
         fold = data.folds[0]
         epochs = int(best.user_attrs.get("best_epoch", 0))
@@ -180,23 +251,24 @@ def finalize(
         if state_path and Path(state_path).is_file():
             from tuner.models import build_model
 
-            model = build_model(spec.model, params, data.n_features, data.n_outputs, input_shape=data.input_shape)
+            model = build_model(spec.model, params, fold.n_features, data.n_outputs, input_shape=data.input_shape)
             model.load_state_dict(torch.load(state_path, map_location="cpu", weights_only=True))
             model.to(dev)
         else:
             model, _ = train_on_fold(spec, data, fold, params, seed=seed, device=dev)
+    if not all(bool(torch.isfinite(v).all()) for v in model.state_dict().values() if v.is_floating_point()):
+        raise TrialConfigError(f"the model of trial {best.number} has non-finite weights; it is not scored or saved")
+    scored.append(best.number)
+    study.set_user_attr("test_scored_trials", scored)  # recorded before the test rows are read
+    study.set_user_attr("test_scoring_count", len(scored))
     test = data.take_test()
     pre = fold.preprocessor
-    X = torch.from_numpy(pre.transform(test.frame)).to(dev)
-    if data.task == "classification":
-        y_t = torch.from_numpy(np.asarray(test.y, dtype=np.int64)).to(dev)
-    else:
-        y_t = torch.from_numpy(pre.transform_target(test.y).astype(np.float32)).to(dev)
-    loss, outputs = evaluate(model, X, y_t, data.task)
-    if data.task == "regression":
-        outputs = pre.inverse_target(outputs)
-    metrics = compute_metrics(data.task, test.y, outputs, loss)
+    metrics = _score(model, pre, data.task, test.frame, np.asarray(test.y), dev)
     metrics["n_test"] = len(test.y)
+    if data.task == "classification":
+        metrics["n_test_unseen_label"] = test.n_unseen_label
+    metrics["n_test_filled_rows"] = pre.unusable_rows(test.frame)
+    metrics = json_safe(metrics)
     model_path = Path(artifacts_dir) / study.study_name / "best-model.pt"
     save_model(
         model_path, model, spec=spec, data=data, preprocessor=pre, params=params,
@@ -210,11 +282,32 @@ def finalize(
     return metrics
 
 
+def _score(
+    model: torch.nn.Module, pre: Any, task: str, frame: Any, y: np.ndarray, dev: torch.device
+) -> dict[str, Any]:
+    """Test metrics; a label no training row had (UNSEEN_LABEL) is a wrong prediction and has no loss."""
+    X = torch.from_numpy(pre.transform(frame)).to(dev)
+    if task == "regression":
+        y_t = torch.from_numpy(pre.transform_target(y).astype(np.float32)).to(dev)
+        loss, outputs = evaluate(model, X, y_t, task)
+        return compute_metrics(task, y, pre.inverse_target(outputs), loss * pre.loss_scale)
+    seen = y != UNSEEN_LABEL
+    y_t = torch.from_numpy(np.where(seen, y, 0).astype(np.int64)).to(dev)
+    loss, outputs = evaluate(model, X, y_t, task)
+    if not seen.all():
+        mask = torch.from_numpy(seen).to(dev)
+        loss = evaluate(model, X[mask], y_t[mask], task)[0] if seen.any() else float("nan")
+    return compute_metrics(task, y, outputs, loss)
+
+
 def build_result(study: optuna.Study, *, status: str | None = None) -> dict[str, Any]:
     """The run's summary: status, study name, best trial, test metrics, model path and trial counts.
 
-    ``status`` defaults to ``completed`` when the study holds test metrics, else ``no_result`` when no
-    trial completed, else ``searched`` (search done, not finalised).
+    ``status`` defaults to ``completed`` when the study holds test metrics for its best trial, else
+    ``no_result`` when no trial completed, else ``searched`` (search done, best trial not scored).
+    ``test_scoring_count`` says how many times the test set was consulted, ``test_scored_trials`` for
+    which trials, ``test_metrics_trial`` which trial ``test_metrics`` belong to. No NaN or infinity:
+    such values are ``null``.
     """
     counts = trial_counts(study)
     attrs = study.user_attrs
@@ -229,16 +322,24 @@ def build_result(study: optuna.Study, *, status: str | None = None) -> dict[str,
         }
     except ValueError:
         pass
+    scored_trial = attrs.get("best_trial_number")
     if status is None:
-        status = "completed" if "test_metrics" in attrs else "no_result" if best_trial is None else "searched"
-    return {
+        if best_trial is None:
+            status = "no_result"
+        else:
+            status = "completed" if "test_metrics" in attrs and scored_trial == best_trial["number"] else "searched"
+    scored = attrs.get("test_scored_trials", [scored_trial] if scored_trial is not None else [])
+    return json_safe({
         "status": status,
         "study_name": study.study_name,
         "best_trial": best_trial,
         "test_metrics": attrs.get("test_metrics"),
+        "test_metrics_trial": scored_trial,
+        "test_scoring_count": len(scored),
+        "test_scored_trials": scored,
         "model_path": attrs.get("model_path"),
         "counts": counts.as_dict(),
-    }
+    })
 
 
 def _default_threads() -> int:
@@ -257,11 +358,13 @@ def run(
     progress: bool = True,
     device: str = "cpu",
     num_threads: int | None = None,
+    rescore_test: bool = False,
 ) -> dict[str, Any]:
     """Run a whole job in this process: search (only the trials still missing), finalise, summarise.
 
     ``KeyboardInterrupt`` stops the search cleanly: finished trials stay in the storage and the result
-    has status ``interrupted`` (test set untouched).
+    has status ``interrupted`` (test set untouched). A resume whose best trial differs from the one
+    already scored raises :class:`TestAlreadyScored` unless ``rescore_test``.
     """
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(num_threads or _default_threads())
@@ -280,7 +383,7 @@ def run(
             return build_result(study, status="interrupted")
         if trial_counts(study).complete == 0:
             return build_result(study, status="no_result")
-        finalize(study, spec, data, artifacts_dir=Path(artifacts_dir), device=device)
+        finalize(study, spec, data, artifacts_dir=Path(artifacts_dir), device=device, allow_rescore=rescore_test)
         return build_result(study, status="completed")
     finally:
         torch.set_num_threads(previous_threads)

@@ -162,6 +162,8 @@ class ModelSpec(_Model):
             raise ValueError(f"input_shape: each side must be at most {current_limits().max_input_side}")
         if self.kind == "mlp" and not self.hidden:
             raise ValueError("hidden: an MLP needs at least one hidden layer")
+        if self.kind == "cnn" and self.kernel_size % 2 == 0:  # padding k // 2 keeps the map size for odd k only
+            raise ValueError(f"kernel_size: must be odd (3, 5, 7, ...), got {self.kernel_size}")
         return self
 
 
@@ -602,6 +604,9 @@ def _check_param(name: str, p: ParamSpec) -> list[str]:
             return [f"{where}: values must be integers, got {v!r}"]
         if not lo <= v <= hi:
             errors.append(f"{where}: {v!r} is outside the allowed range [{lo:g}, {hi:g}]")
+            break
+        if name == "lr" and v <= 0:  # a zero learning rate trains nothing
+            errors.append(f"{where}: {v!r} must be > 0")
             break
     if name in ("batch_size", "n_layers", "hidden_units") and p.kind == "range" and p.step is not None:
         if float(p.step) != int(p.step):

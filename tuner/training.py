@@ -37,6 +37,7 @@ class TrainConfig:
     min_delta: float = 0.0
     objective: str = "val_loss"
     direction: str = "minimize"
+    loss_scale: float = 1.0  # reported losses = criterion * loss_scale (regression: MSE in the target's units)
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any], spec: Any) -> TrainConfig:
@@ -151,7 +152,7 @@ def fit(
             loss.backward()
             optimizer.step()
             total += loss.detach() * len(idx)  # summed on the device: no host sync per batch
-        train_loss = float(total) / max(n, 1)
+        train_loss = float(total) / max(n, 1) * cfg.loss_scale
         if not math.isfinite(train_loss):  # NaN/inf anywhere in the epoch propagates into the sum
             raise TrialConfigError(f"training loss is {train_loss} at epoch {epoch}")
         result.train_curve.append(train_loss)
@@ -159,6 +160,9 @@ def fit(
         if val is None:
             continue
         val_loss, outputs = evaluate(model, val[0], val[1], task)
+        val_loss *= cfg.loss_scale
+        if not math.isfinite(val_loss):  # weights that turned NaN on the epoch's last step, whatever the objective
+            raise TrialConfigError(f"validation loss is {val_loss} at epoch {epoch}")
         # The full metrics (ROC-AUC etc.) cost more than the validation pass itself: with the default
         # objective they are computed only for an epoch that becomes the best one.
         metrics = None if cfg.objective == "val_loss" else val_metrics_fn(outputs, val_loss)  # type: ignore[misc]

@@ -102,11 +102,15 @@ def test_csv_categoricals_one_hot_and_string_labels(tmp_path: Path) -> None:
 def test_missing_values_need_impute_and_impute_uses_training_part(tmp_path: Path) -> None:
     X, y = load_iris(return_X_y=True)
     frame = pd.DataFrame(X, columns=list("abcd")).assign(label=y)
-    frame.loc[[0, 5, 77], "a"] = np.nan
+    frame.to_csv(tmp_path / "m.csv", index=False)
+    dev_rows = prepare_data(_csv_spec(tmp_path / "m.csv")).splits.dev
+    frame.loc[dev_rows[[0, 5, 77]], "a"] = np.nan
     frame.to_csv(tmp_path / "m.csv", index=False)
     with pytest.raises(SpecError) as exc:
         prepare_data(_csv_spec(tmp_path / "m.csv"))
-    assert exc.value.errors == ["dataset.impute: the features have 3 missing values; set it to 'mean' or 'median'"]
+    assert exc.value.errors == [
+        "dataset.impute: the features have 3 missing values in the non-test rows; set it to 'mean' or 'median'"
+    ]
     data = prepare_data(_csv_spec(tmp_path / "m.csv", dataset={"path": str(tmp_path / "m.csv"), "target": "label",
                                                                "impute": "median"}))
     fold = data.folds[0]

@@ -41,13 +41,23 @@ def test_cnn_for_digits_shape_with_dropout2d() -> None:
 
 
 @pytest.mark.parametrize("activation", ["relu", "leaky_relu", "elu", "gelu"])
-def test_he_init_for_relu_family(activation: str) -> None:
+def test_he_init_for_relu_family(activation: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    gains: list[float] = []
+    real = nn.init.kaiming_normal_
+
+    def spy(tensor, a=0.0, mode="fan_in", nonlinearity="leaky_relu", generator=None):  # type: ignore[no-untyped-def]
+        gains.append(nn.init.calculate_gain(nonlinearity, a))
+        return real(tensor, a=a, mode=mode, nonlinearity=nonlinearity, generator=generator)
+
+    monkeypatch.setattr(nn.init, "kaiming_normal_", spy)
     torch.manual_seed(0)
     model = build_model(ModelSpec(hidden=[400], activation=activation), {}, 1000, 2)
     w = model.net[0].weight.detach()
     assert init_scheme(activation) == "he"
-    gain = math.sqrt(2.0 / (1 + 0.01**2)) if activation == "leaky_relu" else math.sqrt(2.0)
-    assert float(w.std()) == pytest.approx(gain / math.sqrt(1000), rel=0.03)
+    # the gain matches the activation's own negative slope (LeakyReLU: 0.01), exactly, for every layer
+    slope = model.net[1].negative_slope if activation == "leaky_relu" else 0.0
+    assert gains == [math.sqrt(2.0 / (1 + slope**2))] * 2
+    assert float(w.std()) == pytest.approx(gains[0] / math.sqrt(1000), rel=0.03)
     assert float(w.abs().max()) > math.sqrt(6.0 / 1400)  # a normal draw, not Xavier-uniform's bound
     assert float(model.net[0].bias.detach().abs().max()) == 0.0
 

@@ -82,9 +82,20 @@ def test_kfold_wilcoxon_reports_each_fold_and_prunes_by_fold(make_spec) -> None:
     optimize(study, Objective(spec, prepare_data(spec)), n_trials=1, timeout_s=None)
     t = study.trials[0]
     assert [t.intermediate_values[i] for i in range(3)] == pytest.approx(t.user_attrs["fold_values"])
-    study = _study(make_spec(name="k2", split={"validation": {"kind": "kfold", "k": 3}}), ALWAYS_PRUNE)
-    optimize(study, Objective(spec, prepare_data(spec)), n_trials=1, timeout_s=None)
-    assert study.trials[0].state == TrialState.PRUNED and list(study.trials[0].intermediate_values) == [0]
+
+
+def test_wilcoxon_pruner_prunes_a_trial_worse_on_every_fold(make_spec) -> None:
+    spec = make_spec(split={"validation": {"kind": "kfold", "k": 5}}, pruner={"kind": "wilcoxon"},
+                     budget={"max_epochs": 3})
+    study = _study(spec)
+    study.enqueue_trial({"lr": 0.03, "batch_size": 16})
+    study.enqueue_trial({"lr": 0.001, "batch_size": 32})  # learns far less in 3 epochs on every fold
+    optimize(study, Objective(spec, prepare_data(spec)), n_trials=2, timeout_s=None)
+    good, bad = study.trials
+    assert good.state == TrialState.COMPLETE and bad.state == TrialState.PRUNED
+    # four per-fold differences of one sign are the first that reach p < 0.1 (one-sided, exact: 1/16)
+    assert list(bad.intermediate_values) == [0, 1, 2, 3]
+    assert all(bad.intermediate_values[i] > good.intermediate_values[i] for i in range(4))
 
 
 def test_diverging_trial_is_a_recorded_config_failure(make_spec) -> None:

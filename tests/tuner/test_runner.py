@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import optuna
 import pandas as pd
 import pytest
@@ -40,7 +39,7 @@ def test_test_set_scored_exactly_once(make_spec, tmp_path: Path) -> None:
 
 def test_corrupted_test_rows_leave_the_search_unchanged(tmp_path: Path) -> None:
     X, y = load_iris(return_X_y=True)
-    frame = pd.DataFrame(X, columns=list("abcd")).assign(label=y)
+    frame = pd.DataFrame(X, columns=list("abcd")).assign(label=y, kind="x")
     path = tmp_path / "iris.csv"
     spec = parse_spec({
         "name": "iso", "dataset": {"path": str(path), "target": "label"}, "model": {"hidden": [8]},
@@ -49,12 +48,16 @@ def test_corrupted_test_rows_leave_the_search_unchanged(tmp_path: Path) -> None:
     })
     signatures = []
     for corrupt in (False, True):
-        if corrupt:
+        if corrupt:  # a class, a category and a token that no other row has; wild feature values
             test_rows = prepare_data(spec).splits.test
-            frame.loc[test_rows, "label"] = (frame.loc[test_rows, "label"] + 1) % 3
-            frame.loc[test_rows, ["a", "b", "c", "d"]] *= 1000.0
+            frame = frame.astype({"a": object})
+            frame.loc[test_rows, "label"] = 7
+            frame.loc[test_rows, "kind"] = "never-seen"
+            frame.loc[test_rows, ["b", "c", "d"]] *= 1000.0
+            frame.loc[test_rows[0], "a"] = "?"
         frame.to_csv(path, index=False)
         data = prepare_data(spec)
+        assert data.classes == [0, 1, 2] and data.n_features == 5
         study = open_study(spec, None)
         optimize(study, Objective(spec, data), n_trials=3, timeout_s=None)
         assert data.test_access_count == 0
@@ -81,9 +84,9 @@ def test_run_end_to_end_resume_and_result(make_spec, tmp_path: Path) -> None:
     assert set(result["best_trial"]) == {"number", "params", "value", "best_epoch"}
     assert result["counts"]["counted"] == 2 and result["model_path"].endswith("best-model.pt")
     bigger = make_spec(budget={"n_trials": 3})
-    result = run(bigger, storage=storage, artifacts_dir=tmp_path / "art", progress=False)
+    result = run(bigger, storage=storage, artifacts_dir=tmp_path / "art", progress=False, rescore_test=True)
     assert result["counts"]["complete"] == 3  # one more trial, not three
-    result = run(bigger, storage=storage, artifacts_dir=tmp_path / "art", progress=False)
+    result = run(bigger, storage=storage, artifacts_dir=tmp_path / "art", progress=False, rescore_test=True)
     assert result["counts"]["complete"] == 3
     study = optuna.load_study(study_name="tiny", storage=storage)
     assert "spec" in study.user_attrs and "test_metrics" in study.user_attrs
@@ -110,15 +113,39 @@ def test_keyboard_interrupt_keeps_finished_trials(make_spec, tmp_path: Path, mon
     assert result["status"] == "completed" and result["counts"]["complete"] == 3
 
 
-def test_kfold_refit_uses_mean_best_epoch(make_spec, tmp_path: Path) -> None:
-    spec = make_spec(split={"validation": {"kind": "kfold", "k": 3}}, objective="f1_macro")
+def test_kfold_refit_trains_on_all_non_test_rows_for_the_mean_best_epoch(
+    make_spec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = make_spec(split={"validation": {"kind": "kfold", "k": 3}}, objective="f1_macro",
+                     budget={"max_epochs": 9}, early_stopping={"patience": 9})
     data = prepare_data(spec)
     study = open_study(spec, None)
-    optimize(study, Objective(spec, data), n_trials=2, timeout_s=None)
+    study.add_trial(optuna.trial.create_trial(
+        params={"lr": 0.01, "dropout": 0.0, "batch_size": 16, "weight_decay": 1e-5},
+        distributions={
+            "lr": optuna.distributions.FloatDistribution(1e-3, 3e-2, log=True),
+            "dropout": optuna.distributions.FloatDistribution(0.0, 0.5),
+            "batch_size": optuna.distributions.CategoricalDistribution([16, 32]),
+            "weight_decay": optuna.distributions.FloatDistribution(1e-6, 1e-2, log=True),
+        },
+        value=0.9, user_attrs={"fold_best_epochs": [2, 3, 6], "best_epoch": 4},
+    ))
+    calls: list[dict] = []
+    real = runner_mod.train_on_fold
+
+    def spy(spec_, data_, fold, params, **kw):  # type: ignore[no-untyped-def]
+        model, result = real(spec_, data_, fold, params, **kw)
+        calls.append({"rows": len(fold.X_train), "val": fold.X_val, "max_epochs": kw.get("max_epochs"),
+                      "epochs_run": result.epochs_run, "params": params})
+        return model, result
+
+    monkeypatch.setattr(runner_mod, "train_on_fold", spy)
     metrics = finalize(study, spec, data, artifacts_dir=tmp_path)
-    best = study.best_trial
-    assert study.user_attrs["best_epoch"] == max(1, round(np.mean(best.user_attrs["fold_best_epochs"])))
-    assert data.test_access_count == 1 and 0 <= metrics["f1_macro"] <= 1
+    (call,) = calls
+    assert call["rows"] == len(data.dev_y) == 120 and call["val"] is None  # every non-test row, no validation
+    assert call["max_epochs"] == 4 and call["epochs_run"] == 4  # round(mean(2, 3, 6)) epochs, all of them
+    assert call["params"]["lr"] == 0.01
+    assert study.user_attrs["best_epoch"] == 4 and data.test_access_count == 1 and 0 <= metrics["f1_macro"] <= 1
 
 
 def test_regression_run_metrics(make_spec, tmp_path: Path) -> None:
@@ -136,7 +163,25 @@ def test_counts_and_no_result(make_spec, tmp_path: Path) -> None:
     result = run(spec, progress=False, artifacts_dir=tmp_path)
     assert result["status"] == "no_result" and result["best_trial"] is None
     assert result["counts"]["config_failed"] == 3
-    assert trial_counts(open_study(spec, None)).counted == 0  # a fresh in-memory study
+
+
+def test_trial_counts_read_every_outcome_back_from_storage(make_spec, tmp_path: Path) -> None:
+    spec = make_spec(budget={"n_trials": 4, "max_epochs": 2})
+    storage = f"sqlite:///{tmp_path / 'c.db'}"
+    study = open_study(spec, storage)
+    study.enqueue_trial({"lr": 1e-3})
+    optimize(study, Objective(spec, prepare_data(spec)), n_trials=1, timeout_s=None)  # complete
+    pruned = study.ask()
+    study.tell(pruned, state=optuna.trial.TrialState.PRUNED)
+    config = study.ask()
+    study._storage.set_trial_system_attr(config._trial_id, "failure", "config")
+    study.tell(config, state=optuna.trial.TrialState.FAIL)
+    study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)  # e.g. interrupted: not counted
+    study.ask()  # still running
+    study.enqueue_trial({"lr": 2e-3})
+    counts = trial_counts(open_study(spec, storage))  # another process reading the same study
+    assert counts.as_dict() == {"complete": 1, "pruned": 1, "failed": 1, "config_failed": 1, "running": 1,
+                                "waiting": 1, "counted": 3}
 
 
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
