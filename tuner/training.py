@@ -125,7 +125,7 @@ def binary_roc_auc(scores: torch.Tensor, positive: torch.Tensor) -> float:
     n_neg = len(positive) - n_pos
     if n_pos == 0 or n_neg == 0:
         return float("nan")
-    ranks = _average_ranks(scores.double())
+    ranks = _average_ranks(scores)
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
@@ -133,8 +133,7 @@ def roc_auc(proba: torch.Tensor, y: torch.Tensor) -> float:
     """Binary: class 1's probability; multiclass: macro one-vs-rest (scikit-learn's ``roc_auc_score``)."""
     if proba.shape[1] == 2:
         return binary_roc_auc(proba[:, 1], y == 1)
-    p = proba.double()
-    p = p / p.sum(dim=1, keepdim=True)
+    p = proba / proba.sum(dim=1, keepdim=True)  # in the outputs' dtype, as the scikit-learn path sees them
     aucs = [binary_roc_auc(p[:, c], y == c) for c in range(p.shape[1])]
     return float(np.mean(aucs))  # NaN when a class is missing, as scikit-learn raises
 
@@ -166,7 +165,7 @@ def epoch_value(
             if objective == "f1_macro":
                 return f1_macro(out.argmax(1), y, out.shape[1])
             if objective == "roc_auc":
-                return roc_auc(torch.softmax(out.double(), dim=1), y)
+                return roc_auc(torch.softmax(out, dim=1), y)  # same dtype (ties) as the final metrics
             raise ValueError(f"objective {objective} does not fit a classification task")
         err = out.reshape(-1).double() - y.double()
         if objective == "mse":
