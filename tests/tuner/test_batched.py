@@ -53,7 +53,7 @@ def test_lockstep_with_dropout_is_close_to_sequential(make_spec) -> None:
 
 def test_a_stopped_fold_is_frozen_at_its_best_weights(make_spec, monkeypatch: pytest.MonkeyPatch) -> None:
     """Fold 0 gets worse from epoch 2 on and stops after patience 1; the others train on."""
-    import tuner.batched as batched
+    from tuner import batched
 
     spec = make_spec(split=KFOLD, budget={"max_epochs": 5}, early_stopping={"patience": 1},
                      search_space={"lr": {"value": 0.01}, "batch_size": {"value": 16}, "weight_decay": {"value": 0.1},

@@ -30,7 +30,7 @@ def _scripted(values: list[float], key: str = "loss"):
 
 def _scripted_loss(monkeypatch: pytest.MonkeyPatch, values: list[float]) -> None:
     """Script the per-epoch validation objective (whatever it is), epoch after epoch."""
-    import tuner.training as training
+    from tuner import training
 
     it = iter(values)
     monkeypatch.setattr(training, "epoch_value", lambda *a, **k: next(it))
@@ -176,7 +176,7 @@ def test_best_epochs_torch_value_equals_the_scikit_learn_metric(objective: str) 
 
 
 def test_nan_validation_loss_fails_whatever_the_objective(monkeypatch: pytest.MonkeyPatch) -> None:
-    import tuner.training as training
+    from tuner import training
 
     real = training.predict_outputs
     monkeypatch.setattr(training, "predict_outputs", lambda m, X, *a: real(m, X, *a) * float("nan"))
