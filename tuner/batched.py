@@ -33,7 +33,7 @@ from tuner.spec import JobSpec
 from tuner.training import TrainConfig, epoch_value, make_optimizer
 
 if TYPE_CHECKING:
-    from tuner.objective import Objective
+    from tuner.objective import Objective, Reporter
 
 __all__ = ["StackedMLP", "can_batch", "fit_folds_lockstep"]
 
@@ -114,15 +114,15 @@ def _improved(value: float, best: float | None, cfg: TrainConfig) -> bool:
     return value > best + cfg.min_delta
 
 
-def fit_folds_lockstep(objective: Objective, trial: optuna.Trial, params: dict[str, Any], attrs: dict[str, Any]) -> float:
+def fit_folds_lockstep(
+    objective: Objective, trial: optuna.Trial, params: dict[str, Any], attrs: dict[str, Any], reporter: Reporter
+) -> float:
     """Train all folds of a K-fold trial at once; fill ``attrs`` like the sequential path; return the mean.
 
     Raises :class:`optuna.TrialPruned` when the pruner stops the trial after an epoch,
     :class:`TrialConfigError` on a non-finite loss or objective of a fold still training, and
     :class:`StopRequested` when asked to stop at an epoch boundary.
     """
-    from tuner.objective import pruner_reads_values
-
     spec, data, device = objective.spec, objective.data, objective.device
     folds = data.folds
     K = len(folds)
@@ -166,7 +166,6 @@ def fit_folds_lockstep(objective: Objective, trial: optuna.Trial, params: dict[s
     active = [True] * K
     train_curves: list[list[float]] = [[] for _ in range(K)]
     val_curves: list[list[float]] = [[] for _ in range(K)]
-    report = pruner_reads_values(trial)
 
     def _finish_attrs() -> None:
         attrs.update(train_curve=train_curves, val_curve=val_curves, fold_best_epochs=list(best_epoch),
@@ -246,12 +245,10 @@ def fit_folds_lockstep(objective: Objective, trial: optuna.Trial, params: dict[s
                 with torch.no_grad():  # frozen at its best weights from now on
                     for kept, p in zip(best_params, parameters, strict=True):
                         p[k] = kept[k]
-        if report:
-            mean = float(np.mean([c for c in current if c is not None]))
-            trial.report(mean, epoch)
-            if trial.should_prune():
-                _finish_attrs()
-                raise optuna.TrialPruned(f"pruned at epoch {epoch} (mean {spec.objective} over folds={mean:.6g})")
+        mean = float(np.mean([c for c in current if c is not None]))
+        if reporter(mean, epoch):
+            _finish_attrs()
+            raise optuna.TrialPruned(f"pruned at epoch {epoch} (mean {spec.objective} over folds={mean:.6g})")
         if not any(active):
             break
 

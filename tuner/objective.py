@@ -13,11 +13,13 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import optuna
 import torch
+from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
 from tuner.data import Fold, PreparedData
@@ -28,7 +30,7 @@ from tuner.spec import JobSpec, ParamSpec
 from tuner.training import FitResult, TrainConfig, fit
 
 __all__ = [
-    "Objective", "StopRequested", "TrialConfigError", "mean_metrics", "pruner_reads_values", "resolve_device",
+    "Objective", "Reporter", "StopRequested", "TrialConfigError", "mean_metrics", "pruner_reads_values", "resolve_device",
     "set_user_attrs", "suggest_params", "train_on_fold",
 ]
 
@@ -145,8 +147,74 @@ def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
 
 
 def pruner_reads_values(trial: optuna.Trial) -> bool:
-    """False for the no-op pruner: then nothing is reported to Optuna during the trial."""
+    """False for the no-op pruner: then nothing is asked of Optuna during the trial."""
     return not isinstance(trial.study.pruner, optuna.pruners.NopPruner)
+
+
+class _CompletedTrials:
+    """The slice of a study a percentile/median pruner reads: its direction and its completed trials."""
+
+    def __init__(self, study: optuna.Study) -> None:
+        self.direction = study.direction
+        self._completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+
+    def get_trials(self, deepcopy: bool = False, states: Any = None) -> list[FrozenTrial]:
+        return list(self._completed)
+
+
+class Reporter:
+    """``reporter(value, step) -> prune?``: per-step values to the pruner, touching storage only when needed.
+
+    * no pruner: nothing is asked during the trial;
+    * percentile and median pruners read only *completed* trials (which never change) and this trial's
+      own values: they are asked here, in process, against the completed trials read once at the start;
+    * any other pruner (successive halving, hyperband, Wilcoxon, ...): ``trial.report`` and
+      ``trial.should_prune`` every step, as Optuna documents.
+
+    In the first two cases the values are written in one transaction by :meth:`flush` at the end of the
+    trial (before Optuna records its state), so the study holds the same intermediate values either way.
+    """
+
+    def __init__(self, trial: optuna.Trial) -> None:
+        self.trial = trial
+        self.values: dict[int, float] = {}
+        self.pruner = trial.study.pruner
+        if isinstance(self.pruner, optuna.pruners.NopPruner):
+            self.mode = "none"
+        elif type(self.pruner) in (optuna.pruners.MedianPruner, optuna.pruners.PercentilePruner):
+            self.mode = "local"
+            self._view = _CompletedTrials(trial.study)
+        else:
+            self.mode = "optuna"
+
+    def __call__(self, value: float, step: int) -> bool:
+        if self.mode == "optuna":
+            self.trial.report(value, step)
+            return self.trial.should_prune()
+        self.values[step] = value
+        if self.mode == "none":
+            return False
+        own = SimpleNamespace(last_step=step, intermediate_values=self.values, _trial_id=self.trial._trial_id)
+        return bool(self.pruner.prune(self._view, own))  # type: ignore[arg-type]
+
+    def flush(self) -> None:
+        """Write the values kept in process (no-op for the ``optuna`` mode, which reported as it went)."""
+        if self.mode == "optuna" or not self.values:
+            return
+        backend = getattr(self.trial.storage, "_backend", self.trial.storage)
+        if isinstance(backend, optuna.storages.RDBStorage) and hasattr(
+            backend, "_set_trial_intermediate_value_without_commit"
+        ):
+            from optuna.storages._rdb.storage import _create_scoped_session
+
+            with _create_scoped_session(backend.scoped_session, True) as session:
+                for step, value in self.values.items():
+                    backend._set_trial_intermediate_value_without_commit(session, self.trial._trial_id, step, value)
+            self.trial._cached_frozen_trial.intermediate_values.update(self.values)
+        else:
+            for step, value in self.values.items():
+                self.trial.report(value, step)
+        self.values = {}
 
 
 class Objective:
@@ -188,12 +256,13 @@ class Objective:
             first["worker"] = self.worker_id
         set_user_attrs(trial, first)
         attrs: dict[str, Any] = {}  # everything else is written once, when the trial ends
+        reporter = Reporter(trial)
         try:
             params = suggest_params(trial, self.spec)
             if self.spec.split.validation.kind == "kfold":
-                value = self._kfold(trial, params, attrs)
+                value = self._kfold(trial, params, attrs, reporter)
             else:
-                value = self._holdout(trial, params, attrs)
+                value = self._holdout(trial, params, attrs, reporter)
         except TrialConfigError as exc:
             attrs["fail_reason"] = str(exc)
             trial.storage.set_trial_system_attr(trial._trial_id, "failure", "config")
@@ -203,20 +272,18 @@ class Objective:
             raise
         finally:
             attrs["duration_s"] = round(time.perf_counter() - started, 4)
+            reporter.flush()
             set_user_attrs(trial, attrs)
         return value
 
     # ------------------------------------------------------------------------------------- holdout
-    def _holdout(self, trial: optuna.Trial, params: dict[str, Any], attrs: dict[str, Any]) -> float:
+    def _holdout(self, trial: optuna.Trial, params: dict[str, Any], attrs: dict[str, Any], reporter: Reporter) -> float:
         reported: list[float] = []
-        report = pruner_reads_values(trial)
 
         def on_epoch(epoch: int, value: float) -> None:
             reported.append(value)
-            if report:
-                trial.report(value, epoch)
-                if trial.should_prune():
-                    raise optuna.TrialPruned(f"pruned at epoch {epoch} ({self.spec.objective}={value:.6g})")
+            if reporter(value, epoch):
+                raise optuna.TrialPruned(f"pruned at epoch {epoch} ({self.spec.objective}={value:.6g})")
 
         try:
             model, result = train_on_fold(
@@ -245,17 +312,18 @@ class Objective:
         return value < best if self.spec.direction == "minimize" else value > best
 
     # -------------------------------------------------------------------------------------- K-fold
-    def _kfold(self, trial: optuna.Trial, params: dict[str, Any], attrs: dict[str, Any]) -> float:
+    def _kfold(self, trial: optuna.Trial, params: dict[str, Any], attrs: dict[str, Any], reporter: Reporter) -> float:
         from tuner.batched import can_batch, fit_folds_lockstep
 
         if can_batch(self.spec, self.device):
-            return fit_folds_lockstep(self, trial, params, attrs)
-        return self._kfold_sequential(trial, params, attrs)
+            return fit_folds_lockstep(self, trial, params, attrs, reporter)
+        return self._kfold_sequential(trial, params, attrs, reporter)
 
-    def _kfold_sequential(self, trial: optuna.Trial, params: dict[str, Any], attrs: dict[str, Any]) -> float:
+    def _kfold_sequential(
+        self, trial: optuna.Trial, params: dict[str, Any], attrs: dict[str, Any], reporter: Reporter
+    ) -> float:
         """One fold after another; reports after each fold (step = fold index)."""
         wilcoxon = self.spec.pruner.kind == "wilcoxon"
-        report = pruner_reads_values(trial)
         values: list[float] = []
         best_epochs: list[int] = []
         train_curves: list[list[float]] = []
@@ -274,10 +342,8 @@ class Objective:
             fold_metrics.append(result.val_metrics)
             attrs.update(fold_values=values, fold_best_epochs=best_epochs, train_curve=train_curves,
                          val_curve=val_curves)
-            if report:
-                trial.report(values[-1] if wilcoxon else float(np.mean(values)), i)
-                if trial.should_prune():
-                    raise optuna.TrialPruned(f"pruned after fold {i}")
+            if reporter(values[-1] if wilcoxon else float(np.mean(values)), i):
+                raise optuna.TrialPruned(f"pruned after fold {i}")
         attrs["best_epoch"] = max(1, round(float(np.mean(best_epochs))))
         attrs["val_metrics"] = mean_metrics(fold_metrics)
         return float(np.mean(values))

@@ -63,8 +63,8 @@ class SharedStorage:
 
 def shared_storage(storage: str | optuna.storages.BaseStorage | None, tmp_dir: Path) -> SharedStorage | None:
     """The shareable form of ``storage``; ``None`` when it cannot be shared (a storage object not on a URL)."""
-    if storage is None:
-        return SharedStorage(journal=str(tmp_dir / "study.journal"))
+    if storage is None or isinstance(storage, optuna.storages.InMemoryStorage):
+        return SharedStorage(journal=str(tmp_dir / "study.journal"))  # an empty in-memory study: a file instead
     if isinstance(storage, str):
         return SharedStorage(url=storage)
     backend = getattr(storage, "_backend", storage)

@@ -45,12 +45,15 @@ def test_holdout_reports_every_epoch_and_records_user_attrs(make_spec) -> None:
     assert data.test_access_count == 0
 
 
-def test_without_a_pruner_nothing_is_reported_and_attrs_are_still_written(make_spec) -> None:
+def test_without_a_pruner_values_are_written_once_at_the_end(make_spec, monkeypatch: pytest.MonkeyPatch) -> None:
     spec = make_spec()
     study = open_study(spec, "sqlite://")
+    monkeypatch.setattr(optuna.Trial, "should_prune", lambda self: pytest.fail("asked the pruner"))
+    monkeypatch.setattr(optuna.storages.RDBStorage, "set_trial_intermediate_value",
+                        lambda *a: pytest.fail("one transaction per epoch"))
     optimize(study, Objective(spec, prepare_data(spec), worker_id="w"), n_trials=1, timeout_s=None)
     (t,) = study.trials
-    assert t.intermediate_values == {}
+    assert list(t.intermediate_values.values()) == pytest.approx(t.user_attrs["val_curve"])
     assert set(t.user_attrs) >= {"best_epoch", "train_curve", "val_curve", "duration_s", "val_metrics", "worker",
                                  "device"}
     assert t.value == pytest.approx(t.user_attrs["val_curve"][t.user_attrs["best_epoch"] - 1])
@@ -73,6 +76,32 @@ def test_median_pruner_prunes_a_hopeless_trial(make_spec) -> None:
     study.enqueue_trial({"lr": 0.001, "batch_size": 32})
     optimize(study, Objective(spec, prepare_data(spec)), n_trials=2, timeout_s=None)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.PRUNED]
+
+
+@pytest.mark.parametrize("kfold", [False, True])
+def test_median_decided_in_process_equals_optunas_should_prune(make_spec, kfold: bool, monkeypatch) -> None:
+    """The in-process median decision (completed trials read once) prunes exactly what Optuna would."""
+    import tuner.objective as objective_mod
+
+    over = {"split": {"validation": {"kind": "kfold", "k": 3}}} if kfold else {}
+    spec = make_spec(pruner={"kind": "median", "n_startup_trials": 2}, budget={"max_epochs": 6},
+                     sampler={"kind": "random", "seed": 3}, **over)
+    data = prepare_data(spec)
+    runs = []
+    for mode in ("local", "optuna"):
+        if mode == "optuna":
+            real_init = objective_mod.Reporter.__init__
+
+            def init(self, trial):  # type: ignore[no-untyped-def]
+                real_init(self, trial)
+                self.mode = "optuna"
+
+            monkeypatch.setattr(objective_mod.Reporter, "__init__", init)
+        study = open_study(spec, "sqlite://")
+        optimize(study, Objective(spec, data), n_trials=8, timeout_s=None)
+        runs.append([(t.state, t.intermediate_values, t.value) for t in study.trials])
+    assert runs[0] == runs[1]
+    assert any(state == TrialState.PRUNED for state, _, _ in runs[0])
 
 
 def test_kfold_mlp_reports_the_mean_over_folds_every_epoch(make_spec) -> None:
