@@ -62,6 +62,7 @@ def make_engine(url: str) -> Engine:
         dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (see _on_begin)
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
@@ -194,16 +195,20 @@ def make_storage(
     if _is_sqlite(url):
         _ensure_sqlite_dir(url)
         kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
+    from tuner.storage import apply_sqlite_pragmas  # the service's pragmas on Optuna's engine too
+
     if heartbeat_interval is None:
-        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        return apply_sqlite_pragmas(optuna.storages.RDBStorage(url, engine_kwargs=kwargs))  # type: ignore[return-value]
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return RetryingHeartbeatRDBStorage(
-            url,
-            engine_kwargs=kwargs,
-            heartbeat_interval=heartbeat_interval,
-            grace_period=grace_period,
-            heartbeat_stale_trial_callback=SlotReleasingRetryCallback(url),
+        return apply_sqlite_pragmas(  # type: ignore[return-value]
+            RetryingHeartbeatRDBStorage(
+                url,
+                engine_kwargs=kwargs,
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period,
+                heartbeat_stale_trial_callback=SlotReleasingRetryCallback(url),
+            )
         )

@@ -31,7 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--artifacts", type=Path, default=Path("artifacts"), help="model directory (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help="default: %(default)s")
-    p.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads (default: all cores)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch CPU threads per process (default: all cores with --jobs 1, else 1)")
+    p.add_argument("--jobs", type=int, default=None, metavar="N",
+                   help="trials in N processes on one study (default: the number of cores)")
     p.add_argument("--rescore-test", action="store_true",
                    help="score a resumed run's new best trial on the test set although an earlier one was scored")
     p.set_defaults(func=_cmd_run)
@@ -59,10 +62,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.threads is not None and args.threads < 1:
         print("--threads: must be at least 1", file=sys.stderr)
         return EXIT_BAD_SPEC
+    if args.jobs is not None and args.jobs < 1:
+        print("--jobs: must be at least 1", file=sys.stderr)
+        return EXIT_BAD_SPEC
 
     import optuna
 
     from tuner.errors import TrialConfigError
+    from tuner.parallel import default_jobs
     from tuner.runner import TestAlreadyScored, run
 
     optuna.logging.set_verbosity(logging.WARNING if not args.quiet else logging.ERROR)
@@ -70,6 +77,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         result = run(
             spec, storage=args.storage, study_name=args.study_name, artifacts_dir=args.artifacts,
             progress=not args.quiet, device=args.device, num_threads=args.threads, rescore_test=args.rescore_test,
+            jobs=args.jobs if args.jobs is not None else default_jobs(),
         )
     except SpecError as exc:
         print("\n".join(exc.errors), file=sys.stderr)

@@ -13,11 +13,13 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import optuna
 import torch
+from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
 from tuner.data import Fold, PreparedData
@@ -27,7 +29,10 @@ from tuner.models import build_model
 from tuner.spec import JobSpec, ParamSpec
 from tuner.training import FitResult, TrainConfig, fit
 
-__all__ = ["Objective", "StopRequested", "TrialConfigError", "resolve_device", "suggest_params", "train_on_fold"]
+__all__ = [
+    "Objective", "Reporter", "StopRequested", "TrialConfigError", "mean_metrics", "pruner_reads_values", "resolve_device",
+    "set_user_attrs", "suggest_params", "train_on_fold",
+]
 
 _INT_PARAMS = ("batch_size", "n_layers", "hidden_units")
 _FOLD_SEED_STRIDE = 7919
@@ -105,14 +110,112 @@ def train_on_fold(
                 outputs = pre.inverse_target(outputs)
             return compute_metrics(data.task, y_true, outputs, loss)
 
+    target_scale = 1.0
+    if data.task == "regression" and fold.preprocessor.target_scaler is not None:
+        target_scale = float(fold.preprocessor.target_scaler.scale.ravel()[0])
     try:
         result = fit(
             model, train, val, cfg, task=data.task, generator=generator,
-            val_metrics_fn=metrics_fn, on_epoch=on_epoch, should_stop=should_stop,
+            val_metrics_fn=metrics_fn, on_epoch=on_epoch, should_stop=should_stop, target_scale=target_scale,
         )
     except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
-        raise TrialConfigError(f"out of memory: {(str(exc) or type(exc).__name__).splitlines()[0]}") from None
+        raise TrialConfigError(f"out of memory: {(str(exc).splitlines() or [type(exc).__name__])[0]}") from None
     return model, result
+
+
+def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
+    """Write several trial user attrs at once: one transaction on an RDB storage, else one call per key.
+
+    Optuna has no public batch setter; its RDB storage's per-attribute helper is used inside one of its
+    own scoped sessions, the same way ``set_trial_user_attr`` uses it for a single key.
+    """
+    if not attrs:
+        return
+    backend = getattr(trial.storage, "_backend", trial.storage)
+    if isinstance(backend, optuna.storages.RDBStorage) and hasattr(backend, "_set_trial_attr_without_commit"):
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        with _create_scoped_session(backend.scoped_session, True) as session:
+            for key, value in attrs.items():
+                backend._set_trial_attr_without_commit(
+                    session, models.TrialUserAttributeModel, trial._trial_id, key, value
+                )
+        trial._cached_frozen_trial.user_attrs.update(attrs)
+        return
+    for key, value in attrs.items():
+        trial.set_user_attr(key, value)
+
+
+def pruner_reads_values(trial: optuna.Trial) -> bool:
+    """False for the no-op pruner: then nothing is asked of Optuna during the trial."""
+    return not isinstance(trial.study.pruner, optuna.pruners.NopPruner)
+
+
+class _CompletedTrials:
+    """The slice of a study a percentile/median pruner reads: its direction and its completed trials."""
+
+    def __init__(self, study: optuna.Study) -> None:
+        self.direction = study.direction
+        self._completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+
+    def get_trials(self, deepcopy: bool = False, states: Any = None) -> list[FrozenTrial]:
+        return list(self._completed)
+
+
+class Reporter:
+    """``reporter(value, step) -> prune?``: per-step values to the pruner, touching storage only when needed.
+
+    * no pruner: nothing is asked during the trial;
+    * percentile and median pruners read only *completed* trials (which never change) and this trial's
+      own values: they are asked here, in process, against the completed trials read once at the start;
+    * any other pruner (successive halving, hyperband, Wilcoxon, ...): ``trial.report`` and
+      ``trial.should_prune`` every step, as Optuna documents.
+
+    In the first two cases the values are written in one transaction by :meth:`flush` at the end of the
+    trial (before Optuna records its state), so the study holds the same intermediate values either way.
+    """
+
+    def __init__(self, trial: optuna.Trial) -> None:
+        self.trial = trial
+        self.values: dict[int, float] = {}
+        self.pruner = trial.study.pruner
+        if isinstance(self.pruner, optuna.pruners.NopPruner):
+            self.mode = "none"
+        elif type(self.pruner) in (optuna.pruners.MedianPruner, optuna.pruners.PercentilePruner):
+            self.mode = "local"
+            self._view = _CompletedTrials(trial.study)
+        else:
+            self.mode = "optuna"
+
+    def __call__(self, value: float, step: int) -> bool:
+        if self.mode == "optuna":
+            self.trial.report(value, step)
+            return self.trial.should_prune()
+        self.values[step] = value
+        if self.mode == "none":
+            return False
+        own = SimpleNamespace(last_step=step, intermediate_values=self.values, _trial_id=self.trial._trial_id)
+        return bool(self.pruner.prune(self._view, own))  # type: ignore[arg-type]
+
+    def flush(self) -> None:
+        """Write the values kept in process (no-op for the ``optuna`` mode, which reported as it went)."""
+        if self.mode == "optuna" or not self.values:
+            return
+        backend = getattr(self.trial.storage, "_backend", self.trial.storage)
+        if isinstance(backend, optuna.storages.RDBStorage) and hasattr(
+            backend, "_set_trial_intermediate_value_without_commit"
+        ):
+            from optuna.storages._rdb.storage import _create_scoped_session
+
+            with _create_scoped_session(backend.scoped_session, True) as session:
+                for step, value in self.values.items():
+                    backend._set_trial_intermediate_value_without_commit(session, self.trial._trial_id, step, value)
+            self.trial._cached_frozen_trial.intermediate_values.update(self.values)
+        else:
+            for step, value in self.values.items():
+                self.trial.report(value, step)
+        self.values = {}
 
 
 class Objective:
@@ -149,34 +252,38 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         started = time.perf_counter()
+        first: dict[str, Any] = {"device": str(self.device)}
         if self.worker_id is not None:
-            trial.set_user_attr("worker", self.worker_id)
-        trial.set_user_attr("device", str(self.device))
+            first["worker"] = self.worker_id
+        set_user_attrs(trial, first)
+        attrs: dict[str, Any] = {}  # everything else is written once, when the trial ends
+        reporter = Reporter(trial)
         try:
             params = suggest_params(trial, self.spec)
             if self.spec.split.validation.kind == "kfold":
-                value = self._kfold(trial, params)
+                value = self._kfold(trial, params, attrs, reporter)
             else:
-                value = self._holdout(trial, params)
+                value = self._holdout(trial, params, attrs, reporter)
         except TrialConfigError as exc:
-            trial.set_user_attr("fail_reason", str(exc))
+            attrs["fail_reason"] = str(exc)
             trial.storage.set_trial_system_attr(trial._trial_id, "failure", "config")
             raise
         except (StopRequested, KeyboardInterrupt):
             trial.storage.set_trial_system_attr(trial._trial_id, "interrupted", True)
             raise
         finally:
-            trial.set_user_attr("duration_s", round(time.perf_counter() - started, 4))
+            attrs["duration_s"] = round(time.perf_counter() - started, 4)
+            reporter.flush()
+            set_user_attrs(trial, attrs)
         return value
 
     # ------------------------------------------------------------------------------------- holdout
-    def _holdout(self, trial: optuna.Trial, params: dict[str, Any]) -> float:
+    def _holdout(self, trial: optuna.Trial, params: dict[str, Any], attrs: dict[str, Any], reporter: Reporter) -> float:
         reported: list[float] = []
 
         def on_epoch(epoch: int, value: float) -> None:
             reported.append(value)
-            trial.report(value, epoch)
-            if trial.should_prune():
+            if reporter(value, epoch):
                 raise optuna.TrialPruned(f"pruned at epoch {epoch} ({self.spec.objective}={value:.6g})")
 
         try:
@@ -185,19 +292,17 @@ class Objective:
                 seed=self.spec.split.seed + trial.number, device=self.device,
                 tensors=self._fold_tensors(0), on_epoch=on_epoch, should_stop=self.should_stop,
             )
-        except optuna.TrialPruned:
-            trial.set_user_attr("val_curve", reported)
+        except (optuna.TrialPruned, TrialConfigError):
+            attrs["val_curve"] = reported
             raise
         value = float(result.best_value)  # type: ignore[arg-type]
-        trial.set_user_attr("best_epoch", result.best_epoch)
-        trial.set_user_attr("train_curve", result.train_curve)
-        trial.set_user_attr("val_curve", result.val_curve)
-        trial.set_user_attr("val_metrics", result.val_metrics)
+        attrs.update(best_epoch=result.best_epoch, train_curve=result.train_curve, val_curve=result.val_curve,
+                     val_metrics=result.val_metrics)
         if self.artifacts_dir is not None and self._is_new_best(trial, value):
             path = self.artifacts_dir / trial.study.study_name / f"trial-{trial.number}.pt"
             path.parent.mkdir(parents=True, exist_ok=True)
             torch.save({k: v.cpu() for k, v in model.state_dict().items()}, path)
-            trial.set_user_attr("state_path", str(path))
+            attrs["state_path"] = str(path)
         return value
 
     def _is_new_best(self, trial: optuna.Trial, value: float) -> bool:
@@ -208,7 +313,17 @@ class Objective:
         return value < best if self.spec.direction == "minimize" else value > best
 
     # -------------------------------------------------------------------------------------- K-fold
-    def _kfold(self, trial: optuna.Trial, params: dict[str, Any]) -> float:
+    def _kfold(self, trial: optuna.Trial, params: dict[str, Any], attrs: dict[str, Any], reporter: Reporter) -> float:
+        from tuner.batched import can_batch, fit_folds_lockstep
+
+        if can_batch(self.spec, self.device):
+            return fit_folds_lockstep(self, trial, params, attrs, reporter)
+        return self._kfold_sequential(trial, params, attrs, reporter)
+
+    def _kfold_sequential(
+        self, trial: optuna.Trial, params: dict[str, Any], attrs: dict[str, Any], reporter: Reporter
+    ) -> float:
+        """One fold after another; reports after each fold (step = fold index)."""
         wilcoxon = self.spec.pruner.kind == "wilcoxon"
         values: list[float] = []
         best_epochs: list[int] = []
@@ -226,19 +341,16 @@ class Objective:
             train_curves.append(result.train_curve)
             val_curves.append(result.val_curve)
             fold_metrics.append(result.val_metrics)
-            trial.set_user_attr("fold_values", values)
-            trial.set_user_attr("fold_best_epochs", best_epochs)
-            trial.set_user_attr("train_curve", train_curves)
-            trial.set_user_attr("val_curve", val_curves)
-            trial.report(values[-1] if wilcoxon else float(np.mean(values)), i)
-            if trial.should_prune():
+            attrs.update(fold_values=values, fold_best_epochs=best_epochs, train_curve=train_curves,
+                         val_curve=val_curves)
+            if reporter(values[-1] if wilcoxon else float(np.mean(values)), i):
                 raise optuna.TrialPruned(f"pruned after fold {i}")
-        trial.set_user_attr("best_epoch", max(1, round(float(np.mean(best_epochs)))))
-        trial.set_user_attr("val_metrics", _mean_metrics(fold_metrics))
+        attrs["best_epoch"] = max(1, round(float(np.mean(best_epochs))))
+        attrs["val_metrics"] = mean_metrics(fold_metrics)
         return float(np.mean(values))
 
 
-def _mean_metrics(per_fold: list[dict[str, float | None] | None]) -> dict[str, float | None]:
+def mean_metrics(per_fold: list[dict[str, float | None] | None]) -> dict[str, float | None]:
     keys = [k for k in (per_fold[0] or {})]
     out: dict[str, float | None] = {}
     for k in keys:

@@ -359,25 +359,43 @@ def run(
     device: str = "cpu",
     num_threads: int | None = None,
     rescore_test: bool = False,
+    jobs: int = 1,
 ) -> dict[str, Any]:
     """Run a whole job in this process: search (only the trials still missing), finalise, summarise.
 
-    ``KeyboardInterrupt`` stops the search cleanly: finished trials stay in the storage and the result
-    has status ``interrupted`` (test set untouched). A resume whose best trial differs from the one
-    already scored raises :class:`TestAlreadyScored` unless ``rescore_test``.
+    With ``jobs > 1`` the search runs in that many processes (one torch thread each unless
+    ``num_threads``) on one study; see :mod:`tuner.parallel` (an in-memory study becomes a temporary
+    journal file). The test set is scored once, here, after the search. ``KeyboardInterrupt`` stops the
+    search cleanly: finished trials stay in the storage and the result has status ``interrupted``
+    (test set untouched). A resume whose best trial differs from the one already scored raises
+    :class:`TestAlreadyScored` unless ``rescore_test``.
     """
+    import tempfile
+
+    from tuner.parallel import release_connections, search_parallel, shared_storage
+    from tuner.storage import open_storage
+
     previous_threads = torch.get_num_threads()
-    torch.set_num_threads(num_threads or _default_threads())
+    torch.set_num_threads(num_threads or (1 if jobs > 1 else _default_threads()))
+    tmp = tempfile.TemporaryDirectory(prefix="tuner-jobs-") if jobs > 1 else None
     try:
         data = prepare_data(spec)
-        study = open_study(spec, storage, study_name)
+        shared = shared_storage(storage, Path(tmp.name)) if tmp is not None else None
+        study = open_study(spec, shared.open() if shared is not None else open_storage(storage), study_name)
         objective = Objective(
             spec, data, device=device, worker_id=f"{socket.gethostname()}:{os.getpid()}",
             artifacts_dir=Path(artifacts_dir),
         )
         remaining = spec.budget.n_trials - trial_counts(study).counted
         try:
-            if remaining > 0:
+            if remaining > 0 and shared is not None:
+                release_connections(study._storage)
+                search_parallel(
+                    spec, data, shared, study.study_name, n_trials=remaining, jobs=min(jobs, remaining),
+                    timeout_s=spec.budget.timeout_s, artifacts_dir=Path(artifacts_dir), device=device,
+                    threads=num_threads or 1, progress=progress,
+                )
+            elif remaining > 0:
                 optimize(study, objective, n_trials=remaining, timeout_s=spec.budget.timeout_s, progress=progress)
         except KeyboardInterrupt:
             return build_result(study, status="interrupted")
@@ -387,3 +405,5 @@ def run(
         return build_result(study, status="completed")
     finally:
         torch.set_num_threads(previous_threads)
+        if tmp is not None:
+            tmp.cleanup()

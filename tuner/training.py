@@ -1,5 +1,8 @@
 """The training loop: in-memory tensors sliced by a shuffled index, early stopping with best weights kept.
 
+An epoch computes only what early stopping and the pruner need (the loss, and the objective in torch on
+the device); the full scikit-learn metric set is computed once, from the best epoch's kept outputs.
+
 No DataLoader: for in-memory data, slicing a tensor with a ``torch.randperm`` index is much cheaper
 than collating per-sample items. Evaluation runs in large batches under ``torch.inference_mode()``.
 """
@@ -16,9 +19,12 @@ import torch
 from torch import nn
 
 from tuner.errors import StopRequested, TrialConfigError
-from tuner.metrics import compute_metrics, objective_value
+from tuner.metrics import compute_metrics
 
-__all__ = ["EVAL_BATCH", "FitResult", "TrainConfig", "evaluate", "fit", "make_optimizer", "predict_outputs"]
+__all__ = [
+    "EVAL_BATCH", "FitResult", "TrainConfig", "binary_roc_auc", "epoch_value", "evaluate", "f1_macro", "fit",
+    "make_optimizer", "predict_outputs", "roc_auc",
+]
 
 EVAL_BATCH = 8192
 
@@ -92,13 +98,88 @@ def predict_outputs(model: nn.Module, X: torch.Tensor, batch: int = EVAL_BATCH) 
         return torch.cat([model(X[i : i + batch]) for i in range(0, len(X), batch)])
 
 
+def _as_numpy_outputs(out: torch.Tensor, task: str) -> np.ndarray:
+    with torch.inference_mode():
+        result = torch.softmax(out, dim=1) if task == "classification" else out.reshape(-1)
+    return result.float().cpu().numpy()
+
+
 def evaluate(model: nn.Module, X: torch.Tensor, y: torch.Tensor, task: str) -> tuple[float, np.ndarray]:
     """Mean loss and outputs as numpy: class probabilities, or predictions on the standardised target."""
     out = predict_outputs(model, X)
     with torch.inference_mode():
         loss = float(_criterion(task)(out, y))
-        result = torch.softmax(out, dim=1) if task == "classification" else out.reshape(-1)
-    return loss, result.float().cpu().numpy()
+    return loss, _as_numpy_outputs(out, task)
+
+
+# ------------------------------------------------------------------------ per-epoch metrics in torch
+def _average_ranks(x: torch.Tensor) -> torch.Tensor:
+    """1-based ranks of ``x`` with ties given their average rank (as ``scipy.stats.rankdata``)."""
+    _, inverse, counts = torch.unique(x, sorted=True, return_inverse=True, return_counts=True)
+    ends = torch.cumsum(counts, 0).to(torch.float64)
+    return (ends - (counts.to(torch.float64) - 1) / 2)[inverse]
+
+
+def binary_roc_auc(scores: torch.Tensor, positive: torch.Tensor) -> float:
+    """ROC-AUC by the Mann-Whitney rank statistic (equals scikit-learn's); NaN when one class is absent."""
+    n_pos = int(positive.sum())
+    n_neg = len(positive) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = _average_ranks(scores)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def roc_auc(proba: torch.Tensor, y: torch.Tensor) -> float:
+    """Binary: class 1's probability; multiclass: macro one-vs-rest (scikit-learn's ``roc_auc_score``)."""
+    if proba.shape[1] == 2:
+        return binary_roc_auc(proba[:, 1], y == 1)
+    p = proba / proba.sum(dim=1, keepdim=True)  # in the outputs' dtype, as the scikit-learn path sees them
+    aucs = [binary_roc_auc(p[:, c], y == c) for c in range(p.shape[1])]
+    return float(np.mean(aucs))  # NaN when a class is missing, as scikit-learn raises
+
+
+def f1_macro(pred: torch.Tensor, y: torch.Tensor, n_classes: int) -> float:
+    """Macro F1 over all classes, 0 for a class with no true and no predicted rows (zero_division=0)."""
+    tp = torch.bincount(y[pred == y], minlength=n_classes).double()
+    n_pred = torch.bincount(pred, minlength=n_classes).double()
+    n_true = torch.bincount(y, minlength=n_classes).double()
+    denom = n_pred + n_true
+    f1 = torch.where(denom > 0, 2 * tp / denom.clamp(min=1), torch.zeros_like(denom))
+    return float(f1.mean())
+
+
+def epoch_value(
+    objective: str, task: str, out: torch.Tensor, y: torch.Tensor, loss: torch.Tensor, target_scale: float = 1.0
+) -> float:
+    """The objective on one epoch's validation outputs, in torch on their device (no scikit-learn).
+
+    ``out`` are raw model outputs (logits, or predictions on the standardised target); regression
+    metrics are given in the target's units via ``target_scale`` (the standardiser's scale).
+    """
+    if objective == "val_loss":
+        return float(loss)
+    with torch.inference_mode():
+        if task == "classification":
+            if objective == "accuracy":
+                return float((out.argmax(1) == y).double().mean())
+            if objective == "f1_macro":
+                return f1_macro(out.argmax(1), y, out.shape[1])
+            if objective == "roc_auc":
+                return roc_auc(torch.softmax(out, dim=1), y)  # same dtype (ties) as the final metrics
+            raise ValueError(f"objective {objective} does not fit a classification task")
+        err = out.reshape(-1).double() - y.double()
+        if objective == "mse":
+            return float((err**2).mean()) * target_scale**2
+        if objective == "mae":
+            return float(err.abs().mean()) * target_scale
+        if objective == "r2":  # invariant to the target's standardisation
+            if len(y) < 2:
+                return float("nan")
+            ss_tot = ((y.double() - y.double().mean()) ** 2).sum()
+            ss_res = (err**2).sum()
+            return float(1 - ss_res / ss_tot) if float(ss_tot) > 0 else float("nan")
+        raise ValueError(f"objective {objective} does not fit a regression task")
 
 
 def _improved(value: float, best: float | None, cfg: TrainConfig) -> bool:
@@ -120,14 +201,17 @@ def fit(
     val_metrics_fn: Callable[[np.ndarray, float], dict[str, float | None]] | None = None,
     on_epoch: Callable[[int, float], None] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
+    target_scale: float = 1.0,
 ) -> FitResult:
     """Train up to ``cfg.max_epochs``; with ``val``, stop after ``patience`` epochs without improvement.
 
-    The objective (``cfg.objective``) is computed on ``val`` each epoch via ``val_metrics_fn(outputs,
-    loss)`` (default: metrics on the tensors as given) and passed to ``on_epoch(epoch, value)``, which may
-    raise (pruning). On return the model holds the weights of the best epoch. Raises
-    :class:`TrialConfigError` on a non-finite training or validation value and :class:`StopRequested`
-    when ``should_stop()`` is true at an epoch boundary.
+    Each epoch computes only the objective (``cfg.objective``) on ``val``, in torch on the device (see
+    :func:`epoch_value`), and passes it to ``on_epoch(epoch, value)``, which may raise (pruning). The
+    best epoch's validation outputs are kept, and the full metric set is computed from them once at the
+    end via ``val_metrics_fn(outputs, loss)`` (default: scikit-learn metrics on the tensors as given). On
+    return the model holds the weights of the best epoch. Raises :class:`TrialConfigError` on a
+    non-finite training loss, validation loss or objective, and :class:`StopRequested` when
+    ``should_stop()`` is true at an epoch boundary.
     """
     X, y = train
     n = len(X)
@@ -137,7 +221,9 @@ def fit(
         y_val_np = val[1].cpu().numpy()
         val_metrics_fn = lambda outputs, loss: compute_metrics(task, y_val_np, outputs, loss)
     result = FitResult(best_epoch=0, best_value=None, val_metrics=None)
-    best_state: dict[str, torch.Tensor] | None = None
+    best_state: list[torch.Tensor] | None = None
+    best_out: torch.Tensor | None = None
+    best_loss = float("nan")
     since_best = 0
     for epoch in range(1, cfg.max_epochs + 1):
         if should_stop():
@@ -159,22 +245,25 @@ def fit(
         result.epochs_run = epoch
         if val is None:
             continue
-        val_loss, outputs = evaluate(model, val[0], val[1], task)
-        val_loss *= cfg.loss_scale
+        out = predict_outputs(model, val[0])
+        with torch.inference_mode():
+            val_loss_t = criterion(out, val[1]) * cfg.loss_scale  # regression: MSE in the target's units
+        val_loss = float(val_loss_t)
         if not math.isfinite(val_loss):  # weights that turned NaN on the epoch's last step, whatever the objective
             raise TrialConfigError(f"validation loss is {val_loss} at epoch {epoch}")
-        # The full metrics (ROC-AUC etc.) cost more than the validation pass itself: with the default
-        # objective they are computed only for an epoch that becomes the best one.
-        metrics = None if cfg.objective == "val_loss" else val_metrics_fn(outputs, val_loss)  # type: ignore[misc]
-        value = val_loss if metrics is None else objective_value(cfg.objective, metrics)
+        value = epoch_value(cfg.objective, task, out, val[1], val_loss_t, target_scale)
         if not math.isfinite(value):
             raise TrialConfigError(f"validation {cfg.objective} is {value} at epoch {epoch}")
         result.val_curve.append(value)
         if _improved(value, result.best_value, cfg):
-            if metrics is None:
-                metrics = val_metrics_fn(outputs, val_loss)  # type: ignore[misc]
-            result.best_epoch, result.best_value, result.val_metrics = epoch, value, metrics
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            result.best_epoch, result.best_value = epoch, value
+            best_out, best_loss = out, val_loss
+            params = list(model.state_dict().values())
+            if best_state is None:
+                best_state = [p.detach().clone() for p in params]
+            else:
+                for kept, p in zip(best_state, params, strict=True):
+                    kept.copy_(p.detach())
             since_best = 0
         else:
             since_best += 1
@@ -185,6 +274,8 @@ def fit(
     if val is None:
         result.best_epoch = result.epochs_run
     elif best_state is not None:
-        model.load_state_dict(best_state)
+        model.load_state_dict(dict(zip(model.state_dict().keys(), best_state, strict=True)))
+        assert best_out is not None and val_metrics_fn is not None
+        result.val_metrics = val_metrics_fn(_as_numpy_outputs(best_out, task), best_loss)
     model.eval()
     return result

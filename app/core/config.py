@@ -25,7 +25,9 @@ class Settings(BaseSettings):
     uploads_dir: Path = Path("./data/uploads")
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
-    embedded_workers: int = Field(default=1, ge=0, description="worker processes started by `tuner serve`")
+    embedded_workers: int = Field(
+        default_factory=lambda: _cores(), ge=0, description="worker processes started by `tuner serve` (default: cores)"
+    )
     worker_concurrency: int = Field(default=1, ge=1, description="processes started by `tuner worker`")
     max_upload_mb: float = Field(default=100, gt=0)
     heartbeat_interval: int = Field(default=10, ge=1, description="Optuna trial heartbeat, seconds")
@@ -92,11 +94,15 @@ class Settings(BaseSettings):
         """torch threads per worker process so ``processes`` workers do not oversubscribe the cores."""
         if self.torch_threads is not None:
             return self.torch_threads
-        try:
-            cores = len(os.sched_getaffinity(0))
-        except AttributeError:  # not Linux
-            cores = os.cpu_count() or 1
-        return max(1, cores // max(1, processes))
+        return max(1, _cores() // max(1, processes))
+
+
+def _cores() -> int:
+    """The cores this process may use (as ``tuner run --jobs``)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 @lru_cache

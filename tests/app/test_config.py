@@ -1,9 +1,12 @@
+import os
+
 from app.core.config import Settings, get_settings
 
 
 def test_defaults_and_env(monkeypatch):
     s = Settings(_env_file=None)
-    assert s.database_url == "sqlite:///./data/tuner.db" and s.embedded_workers == 1 and s.device == "auto"
+    assert s.database_url == "sqlite:///./data/tuner.db" and s.device == "auto"
+    assert s.embedded_workers == len(os.sched_getaffinity(0))  # one worker process per core
     monkeypatch.setenv("TUNER_DATABASE_URL", "postgresql+psycopg://u@h/db")
     monkeypatch.setenv("TUNER_MAX_UPLOAD_MB", "2")
     s = Settings(_env_file=None)

@@ -1,6 +1,6 @@
 import sqlalchemy as sa
 
-from app.db import get_engine, release_slot, session_scope
+from app.db import get_engine, make_storage, release_slot, session_scope
 from app.models import Job, utcnow
 
 
@@ -13,6 +13,15 @@ def test_sqlite_pragmas(tmp_path):
     with engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+
+
+def test_optunas_sqlite_engine_has_the_same_pragmas(tmp_path):
+    storage = make_storage(f"sqlite:///{tmp_path / 'x.db'}")
+    with storage.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1
 
 
 def test_session_scope_commits_and_rolls_back(settings):

@@ -22,8 +22,11 @@ def _study(spec, pruner=None) -> optuna.Study:
     return study
 
 
+NEVER_PRUNE = {"kind": "median", "n_startup_trials": 1000}
+
+
 def test_holdout_reports_every_epoch_and_records_user_attrs(make_spec) -> None:
-    spec = make_spec(search_space={"dropout": {"value": 0.1}, "optimizer": {"choices": ["sgd"]}})
+    spec = make_spec(search_space={"dropout": {"value": 0.1}, "optimizer": {"choices": ["sgd"]}}, pruner=NEVER_PRUNE)
     data = prepare_data(spec)
     study = _study(spec)
     optimize(study, Objective(spec, data, worker_id="host:1"), n_trials=2, timeout_s=None)
@@ -40,6 +43,20 @@ def test_holdout_reports_every_epoch_and_records_user_attrs(make_spec) -> None:
         assert t.params["dropout"] == 0.1 and t.params["optimizer"] == "sgd"
         assert isinstance(t.params["batch_size"], int)
     assert data.test_access_count == 0
+
+
+def test_without_a_pruner_values_are_written_once_at_the_end(make_spec, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = make_spec()
+    study = open_study(spec, "sqlite://")
+    monkeypatch.setattr(optuna.Trial, "should_prune", lambda self: pytest.fail("asked the pruner"))
+    monkeypatch.setattr(optuna.storages.RDBStorage, "set_trial_intermediate_value",
+                        lambda *a: pytest.fail("one transaction per epoch"))
+    optimize(study, Objective(spec, prepare_data(spec), worker_id="w"), n_trials=1, timeout_s=None)
+    (t,) = study.trials
+    assert list(t.intermediate_values.values()) == pytest.approx(t.user_attrs["val_curve"])
+    assert set(t.user_attrs) >= {"best_epoch", "train_curve", "val_curve", "duration_s", "val_metrics", "worker",
+                                 "device"}
+    assert t.value == pytest.approx(t.user_attrs["val_curve"][t.user_attrs["best_epoch"] - 1])
 
 
 def test_pruned_trials_end_pruned(make_spec) -> None:
@@ -61,19 +78,59 @@ def test_median_pruner_prunes_a_hopeless_trial(make_spec) -> None:
     assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.PRUNED]
 
 
-def test_kfold_reports_running_mean_per_fold(make_spec) -> None:
-    spec = make_spec(split={"validation": {"kind": "kfold", "k": 3}}, objective="accuracy")
+@pytest.mark.parametrize("kfold", [False, True])
+def test_median_decided_in_process_equals_optunas_should_prune(make_spec, kfold: bool, monkeypatch) -> None:
+    """The in-process median decision (completed trials read once) prunes exactly what Optuna would."""
+    import tuner.objective as objective_mod
+
+    over = {"split": {"validation": {"kind": "kfold", "k": 3}}} if kfold else {}
+    spec = make_spec(pruner={"kind": "median", "n_startup_trials": 2}, budget={"max_epochs": 6},
+                     sampler={"kind": "random", "seed": 3}, **over)
+    data = prepare_data(spec)
+    runs = []
+    for mode in ("local", "optuna"):
+        if mode == "optuna":
+            real_init = objective_mod.Reporter.__init__
+
+            def init(self, trial):  # type: ignore[no-untyped-def]
+                real_init(self, trial)
+                self.mode = "optuna"
+
+            monkeypatch.setattr(objective_mod.Reporter, "__init__", init)
+        study = open_study(spec, "sqlite://")
+        optimize(study, Objective(spec, data), n_trials=8, timeout_s=None)
+        runs.append([(t.state, t.intermediate_values, t.value) for t in study.trials])
+    assert runs[0] == runs[1]
+    assert any(state == TrialState.PRUNED for state, _, _ in runs[0])
+
+
+def test_kfold_mlp_reports_the_mean_over_folds_every_epoch(make_spec) -> None:
+    spec = make_spec(split={"validation": {"kind": "kfold", "k": 3}}, objective="accuracy", pruner=NEVER_PRUNE,
+                     early_stopping={"patience": 10})
     study = _study(spec)
     optimize(study, Objective(spec, prepare_data(spec)), n_trials=1, timeout_s=None)
     t = study.trials[0]
     folds = t.user_attrs["fold_values"]
-    assert len(folds) == 3 and len(t.user_attrs["fold_best_epochs"]) == 3
+    curves = t.user_attrs["val_curve"]
+    assert len(folds) == 3 and len(t.user_attrs["fold_best_epochs"]) == 3 and len(curves) == 3
     assert t.value == pytest.approx(np.mean(folds))
+    assert sorted(t.intermediate_values) == [1, 2, 3, 4]  # step = epoch; no fold stops within 4 epochs
+    assert [t.intermediate_values[e] for e in range(1, 5)] == pytest.approx(
+        [np.mean([c[e - 1] for c in curves]) for e in range(1, 5)]
+    )
+    assert t.user_attrs["best_epoch"] == max(1, round(np.mean(t.user_attrs["fold_best_epochs"])))
+
+
+def test_kfold_cnn_reports_running_mean_per_fold(make_spec) -> None:
+    spec = make_spec(dataset={"builtin": "digits"}, model={"kind": "cnn", "channels": [2], "hidden": [8]},
+                     split={"validation": {"kind": "kfold", "k": 3}}, budget={"max_epochs": 1}, pruner=NEVER_PRUNE)
+    study = _study(spec)
+    optimize(study, Objective(spec, prepare_data(spec)), n_trials=1, timeout_s=None)
+    t = study.trials[0]
+    folds = t.user_attrs["fold_values"]
     assert [t.intermediate_values[i] for i in range(3)] == pytest.approx(
         [np.mean(folds[: i + 1]) for i in range(3)]
     )
-    assert t.user_attrs["best_epoch"] == max(1, round(np.mean(t.user_attrs["fold_best_epochs"])))
-    assert len(t.user_attrs["val_curve"]) == 3
 
 
 def test_kfold_wilcoxon_reports_each_fold_and_prunes_by_fold(make_spec) -> None:

@@ -29,12 +29,11 @@ def _scripted(values: list[float], key: str = "loss"):
 
 
 def _scripted_loss(monkeypatch: pytest.MonkeyPatch, values: list[float]) -> None:
-    """Script the validation loss itself (the val_loss objective is read from it, not from metrics)."""
-    import tuner.training as training
+    """Script the per-epoch validation objective (whatever it is), epoch after epoch."""
+    from tuner import training
 
     it = iter(values)
-    real = training.evaluate
-    monkeypatch.setattr(training, "evaluate", lambda *a, **k: (next(it), real(*a, **k)[1]))
+    monkeypatch.setattr(training, "epoch_value", lambda *a, **k: next(it))
 
 
 def test_early_stopping_restores_best_epoch_weights(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -67,24 +66,30 @@ def test_min_delta_and_maximize_direction(monkeypatch: pytest.MonkeyPatch) -> No
     assert result.best_epoch == 1 and result.epochs_run == 3
     monkeypatch.undo()
     cfg = TrainConfig(lr=0.01, batch_size=16, max_epochs=5, patience=2, objective="accuracy", direction="maximize")
-    result = fit(_model(), _data(), _data(seed=1), cfg, task="classification",
-                 val_metrics_fn=_scripted([0.5, 0.7, 0.6, 0.65, 0.9], "accuracy"))
+    _scripted_loss(monkeypatch, [0.5, 0.7, 0.6, 0.65, 0.9])
+    result = fit(_model(), _data(), _data(seed=1), cfg, task="classification")
     assert result.best_epoch == 2 and result.best_value == 0.7 and result.epochs_run == 4
 
 
-def test_val_loss_objective_computes_metrics_only_for_new_best_epochs(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[float] = []
-    _scripted_loss(monkeypatch, [3.0, 2.0, 2.5, 1.0, 1.5, 1.6])
+def test_full_metrics_are_computed_once_from_the_best_epochs_outputs(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _model()
+    kept: dict[int, np.ndarray] = {}
+
+    def on_epoch(epoch: int, value: float) -> None:
+        kept[epoch] = evaluate(model, *_data(seed=1), "classification")[1]
+
+    calls: list[tuple[np.ndarray, float]] = []
 
     def metrics(outputs: np.ndarray, loss: float) -> dict[str, float]:
-        calls.append(loss)
+        calls.append((outputs, loss))
         return {"loss": loss, "accuracy": 0.5}
 
+    _scripted_loss(monkeypatch, [3.0, 2.0, 2.5, 1.0, 1.5, 1.6])
     cfg = TrainConfig(lr=0.01, batch_size=16, max_epochs=6, patience=5)
-    result = fit(_model(), _data(), _data(seed=1), cfg, task="classification", val_metrics_fn=metrics)
-    assert calls == [3.0, 2.0, 1.0]
-    assert result.best_epoch == 4 and result.val_metrics == {"loss": 1.0, "accuracy": 0.5}
-    assert result.val_curve == [3.0, 2.0, 2.5, 1.0, 1.5, 1.6]
+    result = fit(model, _data(), _data(seed=1), cfg, task="classification", val_metrics_fn=metrics, on_epoch=on_epoch)
+    assert len(calls) == 1 and np.allclose(calls[0][0], kept[4])
+    assert result.best_epoch == 4 and result.val_curve == [3.0, 2.0, 2.5, 1.0, 1.5, 1.6]
+    assert result.val_metrics is not None and result.val_metrics["accuracy"] == 0.5
 
 
 def test_real_training_learns_and_without_validation_runs_all_epochs() -> None:
@@ -128,3 +133,53 @@ def test_should_stop_is_checked_at_epoch_boundaries() -> None:
         fit(_model(), _data(), _data(seed=1), TrainConfig(lr=0.01, batch_size=16, max_epochs=10, patience=10),
             task="classification", should_stop=should_stop)
     assert len(calls) == 3
+
+
+@pytest.mark.parametrize("n_classes", [2, 4])
+def test_torch_epoch_metrics_equal_scikit_learn(n_classes: int) -> None:
+    from tuner.metrics import compute_metrics
+    from tuner.training import epoch_value
+
+    g = torch.Generator().manual_seed(n_classes)
+    y = torch.randint(0, n_classes, (97,), generator=g)
+    out = torch.randn(97, n_classes, generator=g).round(decimals=1)  # coarse logits: many tied scores
+    out[:, 0] += (y == 0) * 1.0
+    loss = nn.functional.cross_entropy(out, y)
+    proba = torch.softmax(out, 1).numpy()
+    ref = compute_metrics("classification", y.numpy(), proba, float(loss))
+    for objective in ("accuracy", "f1_macro", "roc_auc"):
+        assert epoch_value(objective, "classification", out, y, loss) == pytest.approx(ref[objective], abs=1e-6)
+    assert epoch_value("val_loss", "classification", out, y, loss) == pytest.approx(ref["loss"])
+
+
+def test_torch_regression_metrics_are_in_the_targets_units() -> None:
+    from tuner.metrics import compute_metrics
+    from tuner.training import epoch_value
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.randn(50, generator=g)
+    out = (y + 0.3 * torch.randn(50, generator=g)).reshape(-1, 1)
+    scale, mean = 7.5, 100.0
+    ref = compute_metrics("regression", (y * scale + mean).double().numpy(), (out.reshape(-1) * scale + mean).double().numpy(), 0.0)
+    for objective in ("mse", "mae", "r2"):
+        value = epoch_value(objective, "regression", out, y, torch.tensor(0.0), scale)
+        assert value == pytest.approx(ref[objective], rel=1e-5)
+
+
+@pytest.mark.parametrize("objective", ["accuracy", "roc_auc", "f1_macro"])
+def test_best_epochs_torch_value_equals_the_scikit_learn_metric(objective: str) -> None:
+    cfg = TrainConfig(lr=0.05, batch_size=16, max_epochs=6, patience=6, objective=objective, direction="maximize")
+    result = fit(_model(), _data(256), _data(97, seed=1), cfg, task="classification")
+    assert result.val_metrics is not None
+    assert result.best_value == pytest.approx(result.val_metrics[objective], abs=1e-6)
+    assert result.val_curve[result.best_epoch - 1] == result.best_value
+
+
+def test_nan_validation_loss_fails_whatever_the_objective(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tuner import training
+
+    real = training.predict_outputs
+    monkeypatch.setattr(training, "predict_outputs", lambda m, X, *a: real(m, X, *a) * float("nan"))
+    cfg = TrainConfig(lr=0.01, batch_size=16, max_epochs=3, objective="accuracy", direction="maximize")
+    with pytest.raises(TrialConfigError, match="validation loss is nan"):
+        fit(_model(), _data(), _data(seed=1), cfg, task="classification")

@@ -1,0 +1,121 @@
+"""K-fold in lockstep: the same results in meaning as training the folds one after another."""
+
+from __future__ import annotations
+
+import numpy as np
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from tuner.batched import StackedMLP, can_batch
+from tuner.data import prepare_data
+from tuner.models import build_model
+from tuner.objective import Objective
+from tuner.runner import open_study, optimize
+
+KFOLD = {"validation": {"kind": "kfold", "k": 3}}
+
+
+def _run(spec, *, sequential: bool) -> optuna.trial.FrozenTrial:
+    study = open_study(spec, None)
+    objective = Objective(spec, prepare_data(spec))
+    if sequential:
+        objective._kfold = objective._kfold_sequential  # type: ignore[method-assign]
+    optimize(study, objective, n_trials=1, timeout_s=None)
+    return study.trials[0]
+
+
+@pytest.mark.parametrize("objective", ["val_loss", "accuracy"])
+def test_lockstep_equals_sequential_without_dropout(make_spec, objective: str) -> None:
+    spec = make_spec(split=KFOLD, objective=objective, budget={"max_epochs": 8}, early_stopping={"patience": 2},
+                     search_space={"lr": {"value": 0.03}, "batch_size": {"value": 16}, "dropout": {"value": 0.0}})
+    assert can_batch(spec)
+    lock, seq = _run(spec, sequential=False), _run(spec, sequential=True)
+    assert lock.state == seq.state == TrialState.COMPLETE
+    # same initial weights and shuffles per fold: the same run up to float rounding of bmm vs addmm
+    assert lock.user_attrs["fold_best_epochs"] == seq.user_attrs["fold_best_epochs"]
+    assert lock.user_attrs["fold_values"] == pytest.approx(seq.user_attrs["fold_values"], rel=1e-4, abs=1e-5)
+    assert [len(c) for c in lock.user_attrs["val_curve"]] == [len(c) for c in seq.user_attrs["val_curve"]]
+    assert lock.value == pytest.approx(seq.value, rel=1e-4, abs=1e-5)
+    for k, v in seq.user_attrs["val_metrics"].items():
+        assert lock.user_attrs["val_metrics"][k] == pytest.approx(v, rel=1e-4, abs=1e-5)
+
+
+def test_lockstep_with_dropout_is_close_to_sequential(make_spec) -> None:
+    spec = make_spec(split=KFOLD, budget={"max_epochs": 6}, early_stopping={"patience": 6},
+                     search_space={"lr": {"value": 0.02}, "batch_size": {"value": 16}, "dropout": {"value": 0.2}})
+    lock, seq = _run(spec, sequential=False), _run(spec, sequential=True)
+    assert len(lock.user_attrs["fold_values"]) == len(seq.user_attrs["fold_values"]) == 3
+    assert np.abs(np.subtract(lock.user_attrs["fold_best_epochs"], seq.user_attrs["fold_best_epochs"])).max() <= 3
+    assert lock.value == pytest.approx(seq.value, rel=0.25)
+
+
+def test_a_stopped_fold_is_frozen_at_its_best_weights(make_spec, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fold 0 gets worse from epoch 2 on and stops after patience 1; the others train on."""
+    from tuner import batched
+
+    spec = make_spec(split=KFOLD, budget={"max_epochs": 5}, early_stopping={"patience": 1},
+                     search_space={"lr": {"value": 0.01}, "batch_size": {"value": 16}, "weight_decay": {"value": 0.1},
+                                   "dropout": {"value": 0.0}}, objective="accuracy")
+    snapshots: list[list[torch.Tensor]] = []
+    # calls go fold by fold over the folds still training: fold 0 only in epochs 1 and 2
+    values = iter([1.0, 2, 2, 0.5, 3, 3, 4, 4, 5, 5, 6, 6])
+
+    real_step = torch.optim.Adam.step
+
+    def step(self, *a, **k):  # type: ignore[no-untyped-def]
+        snapshots.append([p.detach()[0].clone() for g in self.param_groups for p in g["params"]])  # fold 0
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(batched, "epoch_value", lambda *a: float(next(values)))
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+    t = _run(spec, sequential=False)
+    assert t.user_attrs["fold_best_epochs"][0] == 1 and len(t.user_attrs["val_curve"][0]) == 2
+    assert t.user_attrs["fold_best_epochs"][1:] == [5, 5]
+    # after fold 0 stopped (epoch 2), its weights never change again despite weight decay and momentum
+    n_per_epoch = len(snapshots) // 5
+    frozen = snapshots[2 * n_per_epoch :]
+    for snap in frozen[1:]:
+        for a, b in zip(frozen[0], snap, strict=True):
+            assert torch.equal(a, b)
+
+
+def test_stacked_mlp_matches_the_separate_models(make_spec) -> None:
+    spec = make_spec(search_space={"dropout": {"value": 0.0}})
+    models = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        models.append(build_model(spec.model, {"dropout": 0.0}, 4, 3))
+    stacked = StackedMLP(models).eval()
+    X = torch.randn(3, 10, 4)
+    out = stacked(X)
+    for k, m in enumerate(models):
+        assert torch.allclose(out[k], m.eval()(X[k]), atol=1e-6)
+        m.load_state_dict(stacked.fold_state(k, m))
+
+
+def test_cnn_and_wilcoxon_fall_back_to_the_sequential_path(make_spec) -> None:
+    assert not can_batch(make_spec(dataset={"builtin": "digits"}, model={"kind": "cnn", "channels": [2]}))
+    assert not can_batch(make_spec(split=KFOLD, pruner={"kind": "wilcoxon"}))
+
+
+def test_kfold_pruning_acts_at_epoch_granularity(make_spec) -> None:
+    spec = make_spec(split=KFOLD, budget={"max_epochs": 6}, pruner={"kind": "none"})
+    study = open_study(spec, None)
+    study.pruner = optuna.pruners.ThresholdPruner(upper=-1e9)
+    optimize(study, Objective(spec, prepare_data(spec)), n_trials=1, timeout_s=None)
+    t = study.trials[0]
+    assert t.state == TrialState.PRUNED and list(t.intermediate_values) == [1]
+    assert all(len(c) == 1 for c in t.user_attrs["val_curve"])
+
+
+def test_diverging_lockstep_trial_is_a_config_failure(make_spec) -> None:
+    spec = make_spec(
+        dataset={"builtin": "diabetes"}, split={"stratify": None, **KFOLD},
+        search_space={"lr": {"value": 10.0}, "optimizer": {"value": "sgd"}, "momentum": {"value": 0.99},
+                      "batch_size": {"value": 8}},
+    )
+    t = _run(spec, sequential=False)
+    assert t.state == TrialState.FAIL and t.system_attrs["failure"] == "config"
+    assert "loss is" in t.user_attrs["fail_reason"]

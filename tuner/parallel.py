@@ -1,0 +1,184 @@
+"""``tuner run --jobs N``: the search in N processes on one study, the test scoring once in the parent.
+
+Each process (forked where the platform allows it, so the prepared data is shared rather than rebuilt)
+opens its own connection to the study and runs one trial at a time, each after taking a ticket from a
+shared counter, so exactly the missing number of trials is started however the processes interleave.
+The processes use one torch thread each by default. Their samplers are seeded ``seed + process index``
+(identical seeds would propose the same first trials in every process). The parent only watches (a
+progress bar) and, once all processes are done, finalises the study exactly once.
+
+Storage: an RDB URL (SQLite gets WAL and a busy timeout, see :mod:`tuner.storage`) is shared as it is;
+an in-memory study (``storage=None``) becomes an Optuna journal file in a temporary directory for the
+duration of the run, because an in-memory study cannot be shared between processes.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+
+from tuner.data import PreparedData
+from tuner.errors import StopRequested
+from tuner.spec import JobSpec
+
+__all__ = ["SharedStorage", "default_jobs", "release_connections", "search_parallel", "shared_storage"]
+
+
+def default_jobs() -> int:
+    """The number of cores this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class SharedStorage:
+    """How a process reaches the study: an RDB URL or a journal file path."""
+
+    url: str | None = None
+    journal: str | None = None
+
+    def open(self) -> optuna.storages.BaseStorage:
+        from tuner.storage import open_storage
+
+        if self.journal is not None:
+            from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, JournalStorage
+
+            return JournalStorage(JournalFileBackend(self.journal, lock_obj=JournalFileOpenLock(self.journal)))
+        assert self.url is not None
+        storage = open_storage(self.url)
+        assert storage is not None
+        return storage
+
+
+def shared_storage(storage: str | optuna.storages.BaseStorage | None, tmp_dir: Path) -> SharedStorage | None:
+    """The shareable form of ``storage``; ``None`` when it cannot be shared (a storage object not on a URL)."""
+    if storage is None or isinstance(storage, optuna.storages.InMemoryStorage):
+        return SharedStorage(journal=str(tmp_dir / "study.journal"))  # an empty in-memory study: a file instead
+    if isinstance(storage, str):
+        return SharedStorage(url=storage)
+    backend = getattr(storage, "_backend", storage)
+    if isinstance(backend, optuna.storages.RDBStorage):
+        return SharedStorage(url=str(backend.engine.url.render_as_string(hide_password=False)))
+    return None
+
+
+def release_connections(storage: optuna.storages.BaseStorage) -> None:
+    """Close an RDB storage's pooled connections (a SQLite connection must not cross a fork)."""
+    backend = getattr(storage, "_backend", storage)
+    if isinstance(backend, optuna.storages.RDBStorage):
+        backend.engine.dispose()
+
+
+def _take_ticket(counter: Any, limit: int) -> bool:
+    with counter.get_lock():
+        if counter.value >= limit:
+            return False
+        counter.value += 1
+        return True
+
+
+def _worker_main(
+    index: int,
+    spec: JobSpec,
+    data: PreparedData | None,
+    storage: SharedStorage,
+    study_name: str,
+    limit: int,
+    counter: Any,
+    deadline: float | None,
+    artifacts_dir: Path,
+    device: str,
+    threads: int,
+) -> None:
+    import logging
+
+    from tuner.data import prepare_data
+    from tuner.objective import Objective
+    from tuner.runner import open_study, optimize
+
+    optuna.logging.set_verbosity(logging.WARNING)
+    torch.set_num_threads(threads)
+    if data is None:  # spawned: prepare again (deterministic by split.seed)
+        data = prepare_data(spec)
+    # Each process its own sampler seed (spec seed, process index, trials so far): no duplicate proposals.
+    study = open_study(spec, storage.open(), study_name, worker_id=f"jobs-{index}")
+    objective = Objective(spec, data, device=device, worker_id=f"{socket.gethostname()}:{os.getpid()}",
+                          artifacts_dir=artifacts_dir)
+    try:
+        while (deadline is None or time.time() < deadline) and _take_ticket(counter, limit):
+            optimize(study, objective, n_trials=1, timeout_s=None)
+    except (KeyboardInterrupt, StopRequested):
+        sys.exit(130)
+
+
+def search_parallel(
+    spec: JobSpec,
+    data: PreparedData,
+    storage: SharedStorage,
+    study_name: str,
+    *,
+    n_trials: int,
+    jobs: int,
+    timeout_s: float | None,
+    artifacts_dir: Path,
+    device: str = "cpu",
+    threads: int = 1,
+    progress: bool = False,
+) -> None:
+    """Run ``n_trials`` more trials of the study in ``jobs`` processes; return when all have ended.
+
+    Raises ``KeyboardInterrupt`` after stopping the processes when interrupted, and ``RuntimeError``
+    when a process failed otherwise (the trials it finished stay in the study).
+    """
+    fork = "fork" in mp.get_all_start_methods()
+    ctx = mp.get_context("fork" if fork else "spawn")
+    counter = ctx.Value("i", 0)
+    deadline = None if timeout_s is None else time.time() + timeout_s
+    procs = [
+        ctx.Process(
+            target=_worker_main, name=f"tuner-job-{i}",
+            args=(i, spec, data if fork else None, storage, study_name, n_trials, counter, deadline,
+                  artifacts_dir, device, threads),
+        )
+        for i in range(jobs)
+    ]
+    for p in procs:
+        p.start()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n_trials, file=sys.stderr, desc=study_name, unit="trial")
+    try:
+        while any(p.is_alive() for p in procs):
+            for p in procs:
+                p.join(timeout=0.2)
+            if bar is not None:
+                bar.n = max(0, counter.value - sum(p.is_alive() for p in procs))
+                bar.refresh()
+    except KeyboardInterrupt:
+        for p in procs:
+            p.join(timeout=30)  # they got the same SIGINT and stop after recording their trial
+            if p.is_alive():
+                p.terminate()
+        raise
+    finally:
+        if bar is not None:
+            bar.n = counter.value
+            bar.close()
+    codes = [p.exitcode for p in procs]
+    if any(c == 130 for c in codes):
+        raise KeyboardInterrupt
+    if any(c != 0 for c in codes):
+        raise RuntimeError(f"tuner job processes ended with exit codes {codes}")
