@@ -35,6 +35,8 @@ def test_test_set_scored_exactly_once(make_spec, tmp_path: Path) -> None:
     assert study.user_attrs["test_metrics"] == metrics
     assert Path(study.user_attrs["model_path"]).is_file()
     assert study.user_attrs["best_trial_number"] == study.best_trial.number
+    assert study.user_attrs["test_scored_trials"] == [study.best_trial.number]
+    assert build_result(study)["test_scoring_count"] == 1
 
 
 def test_corrupted_test_rows_leave_the_search_unchanged(tmp_path: Path) -> None:
