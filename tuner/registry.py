@@ -98,8 +98,8 @@ def option_errors(name: str, options: Mapping[str, Any]) -> list[str]:
     try:
         factory = get_factory(name)
     except KeyError:
-        return [f"name: no installed model plugin '{name}' "
-                f"(installed: {', '.join(installed_plugins()) or 'none'})"]
+        installed = ", ".join(installed_plugins()) or "none"
+        return [f"name: no installed model plugin '{name}' (installed: {installed})"]
     except Exception as exc:  # noqa: BLE001 - a broken plugin is reported, not raised
         return [f"name: the model plugin '{name}' cannot be loaded: {type(exc).__name__}: {exc}"]
     named, any_kw = factory_options(factory)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,9 +23,11 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "plugin-resmlp"
 def resmlp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The example plugin pip-installed into a temporary ``--target`` folder put on ``sys.path``."""
     target = tmp_path_factory.mktemp("site")
+    source = tmp_path_factory.mktemp("src") / "plugin-resmlp"
+    shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info"))  # builds leave files
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
-         "--disable-pip-version-check", "--target", str(target), str(EXAMPLE)],
+         "--disable-pip-version-check", "--target", str(target), str(source)],
         check=True, capture_output=True,
     )
     assert list(target.glob("tuneserve_resmlp-*.dist-info"))

@@ -11,7 +11,7 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["ResidualBlock", "ResMLP", "build"]
+__all__ = ["ResMLP", "ResidualBlock", "build"]
 
 
 class ResidualBlock(nn.Module):
