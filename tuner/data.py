@@ -246,7 +246,7 @@ class Preprocessor:
             X = np.where(np.isnan(X), self.impute_values, X)
         parts = [self.standardizer.transform(X)] if self.numeric else []
         for col, values in self.categories.items():
-            codes = pd.Categorical(frame[col].astype("string"), categories=values).codes  # unknown/NaN -> -1
+            codes = pd.Index(values).get_indexer(frame[col].astype("string"))  # unknown/NaN -> -1
             onehot = np.zeros((len(frame), len(values)))
             hit = codes >= 0
             onehot[np.nonzero(hit)[0], codes[hit]] = 1.0
