@@ -93,8 +93,8 @@ def test_bad_rows_name_the_row_and_column(iris_model) -> None:
     good = frame.drop(columns="species").iloc[0].tolist()
     named = frame.drop(columns="species").iloc[0].to_dict()
     assert _problems(model, [good, good[:3]]) == [
-        "row 1: has 3 values; the model takes 5 (sepal length (cm), sepal width (cm), colour, "
-        "petal length (cm), petal width (cm))"
+        ("row 1: has 3 values; the model takes 5 (sepal length (cm), sepal width (cm), colour, "
+        "petal length (cm), petal width (cm))")
     ]
     assert _problems(model, [named, {**named, "height": 3}]) == ["row 1, column 'height': unknown column"]
     partial = {k: v for k, v in named.items() if k != "sepal width (cm)"}
