@@ -11,7 +11,13 @@ from typing import Any
 import numpy as np
 from sklearn import metrics as skm
 
-__all__ = ["classification_metrics", "compute_metrics", "objective_value", "regression_metrics"]
+__all__ = [
+    "classification_metrics",
+    "compute_metrics",
+    "confusion_matrix",
+    "objective_value",
+    "regression_metrics",
+]
 
 
 def classification_metrics(y_true: np.ndarray, proba: np.ndarray, loss: float) -> dict[str, float | None]:
@@ -44,6 +50,14 @@ def compute_metrics(task: str, y_true: np.ndarray, outputs: np.ndarray, loss: fl
     if task == "classification":
         return classification_metrics(y_true, outputs, loss)
     return regression_metrics(y_true, outputs, loss)
+
+
+def confusion_matrix(y_true: np.ndarray, proba: np.ndarray, classes: list[Any]) -> dict[str, Any]:
+    """scikit-learn's confusion matrix of the predicted classes: ``matrix[i][j]`` counts rows of class
+    ``labels[i]`` predicted as ``labels[j]``."""
+    y_pred = proba.argmax(axis=1)
+    matrix = skm.confusion_matrix(y_true, y_pred, labels=np.arange(len(classes)))
+    return {"labels": [str(c) for c in classes], "matrix": matrix.tolist()}
 
 
 def objective_value(objective: str, metrics: dict[str, Any]) -> float:

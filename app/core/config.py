@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     torch_threads: int | None = Field(default=None, ge=1, description="default: cores / worker processes")
     poll_interval_s: float = Field(default=0.5, gt=0, description="how often an idle worker looks for work")
+    predict_max_rows: int = Field(default=10_000, ge=1, description="rows per POST /jobs/{id}/predict request")
 
     @property
     def is_sqlite(self) -> bool:
