@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from tuner import registry
+from tuner.artifacts import load_model
 from tuner.models import MLP, build_model
 from tuner.runner import run
-from tuner.spec import ModelSpec, SpecError
+from tuner.spec import ModelSpec, SpecError, load_spec
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "plugin-resmlp"
 
@@ -78,18 +79,14 @@ def test_plugin_options_are_checked_against_its_factory(make_spec, resmlp: str) 
     assert model(torch.zeros(2, 4)).shape == (2, 3)
 
 
-def test_example_plugin_is_tuned_with_its_own_dimension(make_spec, resmlp: str, tmp_path: Path) -> None:
-    spec = make_spec(
-        model={"kind": "plugin", "name": resmlp, "options": {"width": 16}},
-        search_space={"n_blocks": {"low": 1, "high": 3, "step": 1}},
-        budget={"n_trials": 2, "max_epochs": 3},
-    )
+def test_example_plugin_is_tuned_with_its_own_dimension(resmlp: str, tmp_path: Path) -> None:
+    spec = load_spec(EXAMPLE / "iris-resmlp.json")  # the example's own spec, on a tiny budget
+    assert spec.model.name == resmlp and "n_blocks" in spec.search_space
+    spec = spec.model_copy(update={"budget": spec.budget.model_copy(update={"n_trials": 2, "max_epochs": 3})})
     result = run(spec, artifacts_dir=tmp_path, progress=False, num_threads=1)
     assert result["status"] == "completed" and result["counts"]["complete"] == 2
     n_blocks = result["best_trial"]["params"]["n_blocks"]
     assert isinstance(n_blocks, int) and 1 <= n_blocks <= 3  # whole-number range -> an integer dimension
-    from tuner.artifacts import load_model
-
     loaded = load_model(result["model_path"])
     assert type(loaded.model).__name__ == "ResMLP" and len(loaded.model.blocks) == n_blocks
     assert torch.load(result["model_path"], weights_only=True)["spec"]  # plain types only
