@@ -70,8 +70,9 @@ def clear_cache() -> None:
 def _loaded(job_id: str, path: Path) -> LoadedModel:
     try:
         return _cached_model(job_id, str(path), path.stat().st_mtime_ns)
-    except (KeyError, ImportError) as exc:  # e.g. the model's plugin is not installed in the API's environment
-        raise Conflict(f"job {job_id}: the model cannot be loaded here: {exc}") from None
+    except (KeyError, ImportError, ValueError) as exc:  # e.g. its model plugin is not installed in the API
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise Conflict(f"job {job_id}: the model cannot be loaded here: {reason}") from None
 
 
 def read_table(content: bytes, filename: str) -> pd.DataFrame:

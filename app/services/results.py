@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
+from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from app.errors import Conflict
@@ -95,7 +96,10 @@ def result_bundle(session: Session, job_id: str, *, storage: optuna.storages.Bas
     job = get_job(session, job_id)
     if job.status not in FINISHED_STATUSES:
         raise Conflict(f"job {job_id} is {job.status}; its result is ready once it has finished")
-    spec = JobSpec.model_validate(job.spec)
+    try:
+        spec = JobSpec.model_validate(job.spec)
+    except ValidationError as exc:  # e.g. its model plugin was uninstalled since
+        raise Conflict(f"job {job_id}: its spec does not validate here any more: {exc.errors()[0]['msg']}") from None
     study = load_study(storage, job.study_name)
     trials = study.get_trials(deepcopy=False) if study is not None else []
     attrs = study.user_attrs if study is not None else {}

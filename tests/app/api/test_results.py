@@ -211,3 +211,13 @@ def test_kfold_bundle_has_each_fold_and_mean_std(client, settings, spec_dict):
     assert bundle["split"]["validation_method"].startswith("StratifiedKFold(n_splits=2, shuffle=True")
     assert bundle["dataset"]["source"] == "builtin" and bundle["dataset"]["rows"] == 150
     assert len(bundle["dataset"]["sha256"]) == 64
+
+
+def test_unknown_model_plugin_is_refused_at_submit(client, spec_dict):
+    r = client.post("/jobs", json=spec_dict(model={"kind": "plugin", "name": "nope", "options": {"width": 4}}))
+    assert r.status_code == 422
+    [err] = r.json()["detail"]
+    assert err["loc"] == ["body", "model", "name"]
+    assert err["msg"].startswith("model.name: no installed model plugin 'nope' (installed: ")
+    r = client.post("/jobs", json=spec_dict(model={"kind": "plugin", "name": "tuner.models:mlp_factory"}))
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "model", "name"]
