@@ -107,10 +107,13 @@ class PredictRequest(BaseModel):
     rows: list[list[Any] | dict[str, Any]]
 
 
-class Prediction(BaseModel):
-    label: Any = None
-    probabilities: dict[str, float] | None = None
-    value: float | None = None
+class ClassPrediction(BaseModel):
+    label: Any
+    probabilities: dict[str, float]  # keyed by str(label)
+
+
+class ValuePrediction(BaseModel):
+    value: float  # in the target's units
 
 
 class Predictions(BaseModel):
@@ -118,7 +121,7 @@ class Predictions(BaseModel):
     task: Literal["classification", "regression"]
     classes: list[Any] | None
     n_rows: int
-    predictions: list[Prediction]
+    predictions: list[ClassPrediction] | list[ValuePrediction]
 
 
 class FoldResult(BaseModel):
