@@ -53,6 +53,9 @@ async def predict(job_id: str, request: Request, session: SessionDep, storage: S
     and column of every problem; at most ``TUNER_PREDICT_MAX_ROWS`` rows (413)."""
     rows: list[Any] | None = None
     frame = None
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > settings.max_upload_bytes + 64 * 1024:
+        raise PayloadTooLarge(f"the request is larger than the upload limit of {settings.max_upload_mb:g} MiB")
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
         async with request.form(max_files=1, max_fields=10) as form:
             upload = form.get("file")

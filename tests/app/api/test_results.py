@@ -144,6 +144,8 @@ def test_predict_errors_name_the_row_and_column(client, iris_job, settings):
     assert detail(json={"rows": [1]})[0]["loc"][:3] == ["body", "rows", 0]
     assert detail(json={"data": [good]})[0]["msg"] == "rows: is required"
     assert detail(content=b"{nope", headers={"content-type": "application/json"})[0]["msg"] == "is not valid JSON"
+    big = {"rows": [good] * 20_000}  # over the 1 MiB test upload limit: refused before parsing
+    assert client.post(url, json=big).status_code == 413
     settings.predict_max_rows = 2
     r = client.post(url, json={"rows": [good] * 3})
     assert r.status_code == 413 and r.json() == {"detail": "rows: at most 2 rows per request (3 given)"}
@@ -221,3 +223,43 @@ def test_unknown_model_plugin_is_refused_at_submit(client, spec_dict):
     assert err["msg"].startswith("model.name: no installed model plugin 'nope' (installed: ")
     r = client.post("/jobs", json=spec_dict(model={"kind": "plugin", "name": "tuner.models:mlp_factory"}))
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "model", "name"]
+
+
+def test_regression_predictions_are_in_target_units(client, settings, spec_dict):
+    job = client.post("/jobs", json=spec_dict(dataset={"builtin": "diabetes"}, objective="mae")).json()
+    assert _finish(client, settings, job["id"])["status"] == "succeeded"
+    from sklearn.datasets import load_diabetes
+
+    X = load_diabetes().data[:5]
+    body = client.post(f"/jobs/{job['id']}/predict", json={"rows": X.tolist()}).json()
+    assert body["task"] == "regression" and body["classes"] is None
+    path = client.get(f"/jobs/{job['id']}").json()["model_path"]
+    assert [p["value"] for p in body["predictions"]] == load_model(path).predict(X).tolist()
+    assert set(body["predictions"][0]) == {"value"}
+    bundle = client.get(f"/jobs/{job['id']}/result").json()
+    assert bundle["test"]["confusion_matrix"] is None and bundle["dataset"]["class_counts"] is None
+    assert bundle["split"]["stratify"] is False
+
+
+def test_failure_causes_are_grouped():
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState, create_trial
+
+    from app.services.results import failure_cause
+
+    def failed(n: int, **attrs: Any) -> Any:
+        t = create_trial(state=TrialState.FAIL, params={"lr": 0.1}, distributions={"lr": FloatDistribution(0, 1)},
+                         user_attrs=attrs.pop("user", {}), system_attrs=attrs)
+        t.number = n
+        return t
+
+    causes = [
+        failure_cause(failed(0, user={"fail_reason": "training loss is nan at epoch 3"}, failure="config"), set()),
+        failure_cause(failed(1, user={"fail_reason": "training loss is nan at epoch 7"}, failure="config"), set()),
+        failure_cause(failed(2, user={"fail_reason": "out of device memory: CUDA out of memory. Tried"}), set()),
+        failure_cause(failed(3, interrupted=True), set()),
+        failure_cause(failed(4), {4}),
+        failure_cause(failed(5), set()),
+    ]
+    assert causes == ["training loss is nan", "training loss is nan", "out of device memory",
+                      "interrupted (cancel or shutdown)", "worker lost (no heartbeat; retried)", "error"]
