@@ -263,3 +263,19 @@ def test_failure_causes_are_grouped():
     ]
     assert causes == ["training loss is nan", "training loss is nan", "out of device memory",
                       "interrupted (cancel or shutdown)", "worker lost (no heartbeat; retried)", "error"]
+
+
+def test_loaded_model_is_cached_until_its_file_changes(client, iris_job):
+    import os
+
+    job = iris_job["job"]
+    url, rows = f"/jobs/{job['id']}/predict", {"rows": _features(iris_job["csv"]).values.tolist()[:2]}
+    cached = predict_service._cached_model
+    assert client.post(url, json=rows).status_code == 200
+    before = cached.cache_info()
+    assert client.post(url, json=rows).status_code == 200
+    assert cached.cache_info().hits == before.hits + 1 and cached.cache_info().misses == before.misses
+    st = os.stat(job["model_path"])
+    os.utime(job["model_path"], ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # a re-written model file
+    assert client.post(url, json=rows).status_code == 200
+    assert cached.cache_info().misses == before.misses + 1
