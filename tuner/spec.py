@@ -398,7 +398,7 @@ def plugin_param_errors(name: str, p: ParamSpec) -> list[str]:
     where = f"search_space.{name}"
     if not name.isidentifier():
         return [f"{where}: a plugin's dimension needs an identifier as its name"]
-    values = p.choices if p.kind == "choices" else [p.value] if p.kind == "fixed" else []
+    values = (p.choices or []) if p.kind == "choices" else [p.value] if p.kind == "fixed" else []
     bad = [v for v in values if v is not None and not isinstance(v, (bool, int, float, str))]
     return [f"{where}: choices must be numbers, strings, booleans or null, got {bad[0]!r}"] if bad else []
 
