@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,28 +14,6 @@ from tuner.runner import run
 from tuner.spec import ModelSpec, SpecError, load_spec
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "plugin-resmlp"
-
-
-@pytest.fixture(scope="module")
-def resmlp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The example plugin pip-installed into a temporary ``--target`` folder put on ``sys.path``."""
-    target = tmp_path_factory.mktemp("site")
-    source = tmp_path_factory.mktemp("src") / "plugin-resmlp"
-    shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info"))  # builds leave files
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
-         "--disable-pip-version-check", "--target", str(target), str(source)],
-        check=True, capture_output=True,
-    )
-    assert list(target.glob("tuneserve_resmlp-*.dist-info"))
-    sys.path.insert(0, str(target))
-    registry.refresh()
-    try:
-        yield "resmlp"
-    finally:
-        sys.path.remove(str(target))
-        sys.modules.pop("tuneserve_resmlp", None)
-        registry.refresh()
 
 
 def test_builtins_go_through_the_registry() -> None:
@@ -68,10 +42,10 @@ def test_unknown_plugin_is_refused_with_the_installed_names(make_spec) -> None:
         make_spec(search_space={"n_blocks": {"low": 1, "high": 3, "step": 1}})
 
 
-def test_plugin_options_are_checked_against_its_factory(make_spec, resmlp: str) -> None:
+def test_plugin_options_are_checked_against_its_factory(make_spec, resmlp_plugin: str) -> None:
     assert registry.installed_plugins() == ["resmlp"]
     with pytest.raises(SpecError) as err:
-        make_spec(model={"kind": "plugin", "name": resmlp, "options": {"widht": 8}})
+        make_spec(model={"kind": "plugin", "name": resmlp_plugin, "options": {"widht": 8}})
     assert err.value.errors == ["model.options.widht: not an option of the 'resmlp' plugin (known: width, n_blocks)"]
     spec = make_spec(model={"kind": "plugin", "name": "resmlp", "options": {"width": 8}})
     model = build_model(spec.model, {"dropout": 0.1, "n_blocks": 3}, 4, 3)
@@ -79,9 +53,9 @@ def test_plugin_options_are_checked_against_its_factory(make_spec, resmlp: str) 
     assert model(torch.zeros(2, 4)).shape == (2, 3)
 
 
-def test_example_plugin_is_tuned_with_its_own_dimension(resmlp: str, tmp_path: Path) -> None:
+def test_example_plugin_is_tuned_with_its_own_dimension(resmlp_plugin: str, tmp_path: Path) -> None:
     spec = load_spec(EXAMPLE / "iris-resmlp.json")  # the example's own spec, on a tiny budget
-    assert spec.model.name == resmlp and "n_blocks" in spec.search_space
+    assert spec.model.name == resmlp_plugin and "n_blocks" in spec.search_space
     spec = spec.model_copy(update={"budget": spec.budget.model_copy(update={"n_trials": 2, "max_epochs": 3})})
     result = run(spec, artifacts_dir=tmp_path, progress=False, num_threads=1)
     assert result["status"] == "completed" and result["counts"]["complete"] == 2

@@ -279,3 +279,24 @@ def test_loaded_model_is_cached_until_its_file_changes(client, iris_job):
     os.utime(job["model_path"], ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # a re-written model file
     assert client.post(url, json=rows).status_code == 200
     assert cached.cache_info().misses == before.misses + 1
+
+
+def test_plugin_model_through_the_service(client, settings, spec_dict, resmlp_plugin, tmp_path: Path):
+    job = client.post("/jobs", json=spec_dict(
+        model={"kind": "plugin", "name": resmlp_plugin, "options": {"width": 8}},
+        search_space={"n_blocks": {"choices": [1, 2]}}, budget={"n_trials": 2, "max_epochs": 2})).json()
+    assert _finish(client, settings, job["id"])["status"] == "succeeded"
+    X = load_iris_rows()
+    body = client.post(f"/jobs/{job['id']}/predict", json={"rows": X}).json()
+    path = tmp_path / "m.pt"
+    path.write_bytes(client.get(f"/jobs/{job['id']}/model").content)
+    model = load_model(path)
+    assert type(model.model).__name__ == "ResMLP"
+    assert [p["label"] for p in body["predictions"]] == model.predict(X).tolist()
+    assert client.get(f"/jobs/{job['id']}/result").json()["best"]["params"]["n_blocks"] in (1, 2)
+
+
+def load_iris_rows() -> list[list[float]]:
+    from sklearn.datasets import load_iris
+
+    return load_iris().data[::25].tolist()
