@@ -29,7 +29,8 @@ from tuner.training import FitResult, TrainConfig, fit
 
 __all__ = ["Objective", "StopRequested", "TrialConfigError", "resolve_device", "suggest_params", "train_on_fold"]
 
-FOLD_SEED_STRIDE = 7919  # fold i of a trial trains with seed split.seed + number + FOLD_SEED_STRIDE * i
+_FOLD_SEED_STRIDE = 7919
+FOLD_SEED_STRIDE = _FOLD_SEED_STRIDE  # fold i of trial n trains with seed split.seed + n + stride * i
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -216,7 +217,7 @@ class Objective:
         base = self.spec.split.seed + trial.number
         for i, fold in enumerate(self.data.folds):
             _, result = train_on_fold(
-                self.spec, self.data, fold, params, seed=base + FOLD_SEED_STRIDE * i,
+                self.spec, self.data, fold, params, seed=base + _FOLD_SEED_STRIDE * i,
                 device=self.device, tensors=self._fold_tensors(i), should_stop=self.should_stop,
             )
             values.append(float(result.best_value))  # type: ignore[arg-type]
