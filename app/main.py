@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 
 from app.api.errors import install_error_handlers, responses
 from app.api.routes import datasets, health, jobs
+from app.api.routes import results as results_routes
 from app.core.config import Settings, get_settings
 from app.db import get_engine, make_storage
 from app.errors import DomainError
@@ -96,5 +97,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(health.router)
     app.include_router(jobs.router)
+    app.include_router(results_routes.router)
     app.include_router(datasets.router)
     return app

@@ -98,3 +98,88 @@ class TrialPublic(BaseModel):
     retry_of: int | None = None
     datetime_start: datetime | None
     datetime_complete: datetime | None
+
+
+# ------------------------------------------------------------------------------ results: /jobs/{id}/...
+class PredictRequest(BaseModel):
+    """``{"rows": [[...], ...]}`` in the upload's raw column order, or ``[{"column": value, ...}, ...]``."""
+
+    rows: list[list[Any] | dict[str, Any]]
+
+
+class ClassPrediction(BaseModel):
+    label: Any
+    probabilities: dict[str, float]  # keyed by str(label)
+
+
+class ValuePrediction(BaseModel):
+    value: float  # in the target's units
+
+
+class Predictions(BaseModel):
+    job_id: str
+    task: Literal["classification", "regression"]
+    classes: list[Any] | None
+    n_rows: int
+    predictions: list[ClassPrediction] | list[ValuePrediction]
+
+
+class FoldResult(BaseModel):
+    values: list[float]
+    mean: float | None
+    std: float | None
+    best_epochs: list[int] | None = None
+
+
+class BestResult(BaseModel):
+    trial: int
+    params: dict[str, Any]
+    value: float | None
+    objective: str
+    direction: Literal["minimize", "maximize"]
+    folds: FoldResult | None = None
+    best_epoch: int | None = None
+    final_epochs: int | None = None
+    val_metrics: dict[str, Any] | None = None
+
+
+class ConfusionMatrix(BaseModel):
+    labels: list[str]
+    matrix: list[list[int]]
+
+
+class TestResult(BaseModel):
+    metrics: dict[str, Any]
+    n_test: int | None
+    confusion_matrix: ConfusionMatrix | None = None
+
+
+class TrialStats(BaseModel):
+    total: int
+    by_state: dict[str, int]
+    by_failure_cause: dict[str, int]
+
+
+class Timing(BaseModel):
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    wall_s: float | None
+    trials_s: float
+
+
+class ResultBundle(BaseModel):
+    job_id: str
+    name: str
+    status: JobStatus
+    error: str | None
+    best: BestResult | None
+    test: TestResult | None
+    model_url: str | None
+    split: dict[str, Any]
+    dataset: dict[str, Any]
+    versions: dict[str, str | None]
+    versions_recorded: bool
+    timing: Timing
+    trials: TrialStats
+    spec: dict[str, Any]

@@ -7,6 +7,7 @@ The file holds only tensors and plain Python values, so it loads with ``torch.lo
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from torch import nn
 
 from tuner.data import PreparedData, Preprocessor
 from tuner.models import build_model
+from tuner.predict import check_frame, rows_to_frame
 from tuner.spec import JobSpec
 from tuner.training import predict_outputs
 
@@ -95,6 +97,30 @@ class LoadedModel:
         out = predict_outputs(self.model, self._features(X))
         with torch.inference_mode():
             return torch.softmax(out, dim=1).float().cpu().numpy()
+
+    def check(self, X: pd.DataFrame | Sequence[Any]) -> pd.DataFrame:
+        """Validate raw rows (a frame, or JSON-like rows: lists in column order or mappings by column name)
+        and return them as a frame of the training columns; :class:`tuner.predict.InputError` names the
+        row and column of every problem. The training target's column, if present, is ignored."""
+        frame = X if isinstance(X, pd.DataFrame) else rows_to_frame(X, self.columns)
+        target = self.spec.dataset.target
+        return check_frame(frame, columns=self.columns, numeric=self.preprocessor.numeric,
+                           impute=self.preprocessor.impute, ignore=[target] if target else [])
+
+    def predict_frame(self, X: pd.DataFrame | Sequence[Any]) -> list[dict[str, Any]]:
+        """Checked predictions as plain records: ``{"label", "probabilities"}`` (keyed by ``str(label)``)
+        for classification, ``{"value"}`` in the target's units for regression. Same numbers as
+        :meth:`predict` / :meth:`predict_proba` on the same rows."""
+        frame = self.check(X)
+        if self.task == "classification":
+            assert self.classes is not None
+            proba = self.predict_proba(frame)
+            names = [str(c) for c in self.classes]
+            return [
+                {"label": self.classes[int(k)], "probabilities": dict(zip(names, map(float, row), strict=True))}
+                for k, row in zip(proba.argmax(axis=1), proba, strict=True)
+            ]
+        return [{"value": float(v)} for v in self.predict(frame)]
 
     def predict(self, X: Any) -> np.ndarray:
         """Class labels (as in the data) or regression values in the target's units."""

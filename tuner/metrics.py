@@ -19,7 +19,14 @@ import numpy as np
 from sklearn import metrics as skm
 from sklearn.exceptions import UndefinedMetricWarning
 
-__all__ = ["classification_metrics", "compute_metrics", "json_safe", "objective_value", "regression_metrics"]
+__all__ = [
+    "classification_metrics",
+    "compute_metrics",
+    "confusion_matrix",
+    "json_safe",
+    "objective_value",
+    "regression_metrics",
+]
 
 
 def classification_metrics(y_true: np.ndarray, proba: np.ndarray, loss: float) -> dict[str, float | None]:
@@ -57,6 +64,14 @@ def compute_metrics(task: str, y_true: np.ndarray, outputs: np.ndarray, loss: fl
     if task == "classification":
         return classification_metrics(y_true, outputs, loss)
     return regression_metrics(y_true, outputs, loss)
+
+
+def confusion_matrix(y_true: np.ndarray, proba: np.ndarray, classes: list[Any]) -> dict[str, Any]:
+    """scikit-learn's confusion matrix of the predicted classes: ``matrix[i][j]`` counts rows of class
+    ``labels[i]`` predicted as ``labels[j]``."""
+    y_pred = proba.argmax(axis=1)
+    matrix = skm.confusion_matrix(y_true, y_pred, labels=np.arange(len(classes)))
+    return {"labels": [str(c) for c in classes], "matrix": matrix.tolist()}
 
 
 def objective_value(objective: str, metrics: dict[str, Any]) -> float:

@@ -1,4 +1,4 @@
-"""Models: an MLP and a small CNN for image-shaped inputs, initialised by activation.
+"""Models: an MLP and a small CNN for image-shaped inputs, initialised by activation; plugin families.
 
 He (Kaiming) initialisation for the ReLU family keeps activations' variance stable through rectifiers;
 Xavier (Glorot) suits the symmetric saturating tanh/sigmoid.
@@ -12,9 +12,20 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from tuner.registry import get_factory
 from tuner.spec import ModelSpec
 
-__all__ = ["CNN", "MLP", "build_model", "hidden_layers", "init_scheme", "init_weights"]
+__all__ = [
+    "CNN",
+    "MLP",
+    "build_model",
+    "cnn_factory",
+    "hidden_layers",
+    "init_scheme",
+    "init_weights",
+    "mlp_factory",
+    "model_options",
+]
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -49,9 +60,13 @@ def init_weights(model: nn.Module, activation: str) -> None:
 
 def hidden_layers(spec: ModelSpec, params: Mapping[str, Any]) -> list[int]:
     """Hidden widths: ``model.hidden`` unless the search sets ``n_layers`` and/or ``hidden_units``."""
+    return _widths(spec.hidden, params)
+
+
+def _widths(hidden: list[int], params: Mapping[str, Any]) -> list[int]:
     depth = params.get("n_layers")
     width = params.get("hidden_units")
-    hidden = list(spec.hidden) or [64]
+    hidden = list(hidden) or [64]
     if depth is None and width is None:
         return hidden
     if width is not None:
@@ -114,6 +129,50 @@ class CNN(nn.Module):
         return self.head(self.features(x.view(x.shape[0], *self.input_shape)))
 
 
+def mlp_factory(
+    params: Mapping[str, Any], n_features: int, n_outputs: int, /, *, hidden: list[int], activation: str
+) -> nn.Module:
+    """The built-in ``mlp`` family (registered in :mod:`tuner.registry` like any plugin)."""
+    model = MLP(n_features, _widths(hidden, params), n_outputs, activation, float(params.get("dropout", 0.0)))
+    init_weights(model, activation)
+    return model
+
+
+def cnn_factory(
+    params: Mapping[str, Any],
+    n_features: int,
+    n_outputs: int,
+    /,
+    *,
+    hidden: list[int],
+    activation: str,
+    channels: list[int],
+    kernel_size: int,
+    input_shape: tuple[int, int, int] | None,
+) -> nn.Module:
+    """The built-in ``cnn`` family; ``input_shape`` (C, H, W) must hold ``n_features`` values."""
+    if input_shape is None:
+        raise ValueError("a CNN needs an input shape (C, H, W)")
+    c, h, w = input_shape
+    if c * h * w != n_features:
+        raise ValueError(f"input shape {list(input_shape)} does not match {n_features} features")
+    dropout = float(params.get("dropout", 0.0))
+    model = CNN((c, h, w), list(channels), kernel_size, _widths(hidden, params), n_outputs, activation, dropout)
+    init_weights(model, activation)
+    return model
+
+
+def model_options(spec: ModelSpec, input_shape: tuple[int, int, int] | None = None) -> dict[str, Any]:
+    """The keyword options the spec's family factory is called with."""
+    if spec.kind == "plugin":
+        return dict(spec.options)
+    options: dict[str, Any] = {"hidden": list(spec.hidden), "activation": spec.activation}
+    if spec.kind == "cnn":
+        shape = tuple(spec.input_shape) if spec.input_shape is not None else input_shape
+        options |= {"channels": list(spec.channels), "kernel_size": spec.kernel_size, "input_shape": shape}
+    return options
+
+
 def build_model(
     spec: ModelSpec,
     params: Mapping[str, Any],
@@ -124,20 +183,12 @@ def build_model(
 ) -> nn.Module:
     """Build and initialise the model a spec names with a trial's hyperparameters.
 
-    ``input_shape`` (C, H, W) is needed for a CNN when ``spec.input_shape`` is unset (digits: 1x8x8).
+    Every family, built-in or plugin, is looked up in :mod:`tuner.registry` and called as
+    ``factory(params, n_features, n_outputs, **options)``. ``input_shape`` (C, H, W) is needed for a CNN
+    when ``spec.input_shape`` is unset (digits: 1x8x8).
     """
-    dropout = float(params.get("dropout", 0.0))
-    hidden = hidden_layers(spec, params)
-    model: nn.Module
-    if spec.kind == "cnn":
-        shape = tuple(spec.input_shape) if spec.input_shape is not None else input_shape
-        if shape is None:
-            raise ValueError("a CNN needs an input shape (C, H, W)")
-        c, h, w = shape
-        if c * h * w != n_features:
-            raise ValueError(f"input shape {list(shape)} does not match {n_features} features")
-        model = CNN((c, h, w), list(spec.channels), spec.kernel_size, hidden, n_outputs, spec.activation, dropout)
-    else:
-        model = MLP(n_features, hidden, n_outputs, spec.activation, dropout)
-    init_weights(model, spec.activation)
+    factory = get_factory(spec.family)
+    model = factory(dict(params), n_features, n_outputs, **model_options(spec, input_shape))
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model family '{spec.family}' returned {type(model).__name__}, not a torch.nn.Module")
     return model

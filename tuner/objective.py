@@ -26,7 +26,7 @@ from tuner.data import Fold, PreparedData
 from tuner.errors import StopRequested, TrialConfigError
 from tuner.metrics import compute_metrics
 from tuner.models import build_model
-from tuner.spec import JobSpec, ParamSpec
+from tuner.spec import JobSpec, ParamSpec, is_integer_dimension
 from tuner.training import FitResult, TrainConfig, fit
 
 __all__ = [
@@ -34,8 +34,8 @@ __all__ = [
     "set_user_attrs", "suggest_params", "train_on_fold",
 ]
 
-_INT_PARAMS = ("batch_size", "n_layers", "hidden_units")
 _FOLD_SEED_STRIDE = 7919
+FOLD_SEED_STRIDE = _FOLD_SEED_STRIDE  # fold i of trial n trains with seed split.seed + n + stride * i
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -62,7 +62,7 @@ def _suggest(trial: optuna.Trial, name: str, p: ParamSpec) -> Any:
         assert p.choices is not None
         return trial.suggest_categorical(name, p.choices)
     assert p.low is not None and p.high is not None
-    if name in _INT_PARAMS:
+    if is_integer_dimension(name, p):
         step = int(p.step) if p.step is not None else 1
         return trial.suggest_int(name, int(p.low), int(p.high), step=step, log=p.log)
     return trial.suggest_float(name, p.low, p.high, step=p.step, log=p.log)

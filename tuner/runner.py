@@ -24,8 +24,9 @@ from optuna.trial import FrozenTrial, TrialState
 from tuner.artifacts import save_model
 from tuner.data import UNSEEN_LABEL, PreparedData, prepare_data
 from tuner.errors import TrialConfigError
-from tuner.metrics import compute_metrics, json_safe
+from tuner.metrics import compute_metrics, confusion_matrix, json_safe
 from tuner.objective import Objective, resolve_device, train_on_fold
+from tuner.provenance import package_versions
 from tuner.spec import JobSpec, SpecError
 from tuner.training import evaluate
 
@@ -276,6 +277,9 @@ def finalize(
                "validation_value": best.value, "test_metrics": metrics},
     )
     study.set_user_attr("test_metrics", metrics)
+    if data.task == "classification":  # with the test metrics, for the result bundle (GET /jobs/{id}/result)
+        study.set_user_attr("test_confusion_matrix", confusion_matrix(test.y, outputs, data.classes or []))
+    study.set_user_attr("environment", package_versions())
     study.set_user_attr("model_path", str(model_path))
     study.set_user_attr("best_epoch", epochs)
     study.set_user_attr("best_trial_number", best.number)

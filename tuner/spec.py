@@ -118,7 +118,7 @@ class DatasetSpec(_Model):
 
 # ----------------------------------------------------------------------------------------------- model
 class ModelSpec(_Model):
-    kind: Literal["mlp", "cnn"] = "mlp"
+    kind: Literal["mlp", "cnn", "plugin"] = "mlp"
     hidden: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [128, 64])
     activation: Literal["relu", "leaky_relu", "elu", "gelu", "tanh", "sigmoid"] = "relu"
     # CNN only: channels per conv block (conv -> activation -> Dropout2d -> maxpool) and the input's shape.
@@ -153,6 +153,31 @@ class ModelSpec(_Model):
     def _kernel(cls, v: int) -> int:
         _at_most(v, current_limits().max_kernel_size)
         return v
+    # kind "plugin": an installed model family (entry point group "tuneserve.models") and its options.
+    name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+                             description="kind 'plugin': the installed family's entry-point name")
+    options: dict[str, Any] = Field(default_factory=dict, description="kind 'plugin': the factory's options")
+
+    @property
+    def family(self) -> str:
+        """The registry name of the model family: ``mlp``, ``cnn`` or the plugin's name."""
+        return self.name if self.kind == "plugin" and self.name else self.kind
+
+    @model_validator(mode="after")
+    def _plugin(self) -> ModelSpec:
+        from tuner.registry import BUILTIN_FAMILIES, option_errors
+
+        if self.kind != "plugin":
+            if self.name is not None or self.options:
+                raise ValueError("name: 'name' and 'options' are for kind 'plugin'")
+            return self
+        if self.name is None:
+            raise ValueError("name: is required for kind 'plugin'")
+        if self.name in BUILTIN_FAMILIES:
+            raise ValueError(f"name: '{self.name}' is a built-in family; use kind '{self.name}'")
+        if errors := option_errors(self.name, self.options):
+            raise ValueError("\n".join(errors))
+        return self
 
     @model_validator(mode="after")
     def _shape(self) -> ModelSpec:
@@ -485,6 +510,9 @@ class JobSpec(_Model):
         errors: list[str] = []
         known = (*CORE_HYPERPARAMETERS, *OPTIONAL_HYPERPARAMETERS)
         for name, p in self.search_space.items():
+            if name not in known and self.model.kind == "plugin":
+                errors.extend(plugin_param_errors(name, p))
+                continue
             if name not in known:
                 errors.append(f"search_space.{name}: unknown hyperparameter (known: {', '.join(known)})")
                 continue
@@ -584,6 +612,26 @@ def objective_errors(objective: str, task: str) -> list[str]:
     if task not in tasks:
         return [f"objective: '{objective}' needs a {' or '.join(tasks)} task, but the task is {task}"]
     return []
+
+
+def plugin_param_errors(name: str, p: ParamSpec) -> list[str]:
+    """A plugin's own search dimension: an identifier; choices/value are JSON scalars Optuna can store."""
+    where = f"search_space.{name}"
+    if not name.isidentifier():
+        return [f"{where}: a plugin's dimension needs an identifier as its name"]
+    values = (p.choices or []) if p.kind == "choices" else [p.value] if p.kind == "fixed" else []
+    bad = [v for v in values if v is not None and not isinstance(v, (bool, int, float, str))]
+    return [f"{where}: choices must be numbers, strings, booleans or null, got {bad[0]!r}"] if bad else []
+
+
+def is_integer_dimension(name: str, p: ParamSpec) -> bool:
+    """Integer-valued search dimension: the built-in integer ones, or a range whose low, high and step
+    are all whole numbers (how a plugin asks for one, e.g. ``{"low": 1, "high": 4, "step": 1}``)."""
+    if name in _INTEGER_PARAMS:
+        return True
+    if name in CORE_HYPERPARAMETERS or name in OPTIONAL_HYPERPARAMETERS or p.kind != "range" or p.step is None:
+        return False
+    return all(float(v).is_integer() for v in (p.low, p.high, p.step))  # type: ignore[arg-type]
 
 
 def _check_param(name: str, p: ParamSpec) -> list[str]:

@@ -81,6 +81,7 @@ class Settings(BaseSettings):
             max_features=self.max_features, max_decompressed_bytes=int(self.max_decompressed_mb * 2**20),
             max_cells=self.max_cells,
         )
+    predict_max_rows: int = Field(default=10_000, ge=1, description="rows per POST /jobs/{id}/predict request")
 
     @property
     def is_sqlite(self) -> bool:
