@@ -123,6 +123,9 @@ class Job(Base):
     # after ``Settings.job_max_failures`` the job ends failed with ``last_error``
     failures: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
     last_error: Mapped[str | None] = mapped_column(sa.Text)
+    # How many worker processes opened the job's study: the first (0) seeds its sampler exactly as
+    # `tuner run` does (reproducible from the result bundle), later ones get their own seeds.
+    study_openers: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
 
 
 class WorkerRow(Base):

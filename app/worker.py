@@ -234,7 +234,7 @@ class Worker:
             set_phase(self.engine, self.worker_id, job_id, "preparing")  # a kill from here on counts
             data = prepare_data(spec, resolve_upload=self._resolve_upload)
             set_phase(self.engine, self.worker_id, job_id, None)
-            study = open_study(spec, self.storage, study_name, worker_id=self.worker_id)
+            study = open_study(spec, self.storage, study_name, worker_id=self._seed_identity(job_id))
             objective = Objective(
                 spec, data, device=self.settings.device, should_stop=lambda: self._should_stop(job_id),
                 worker_id=self.worker_id, artifacts_dir=self.settings.artifacts_dir,
@@ -244,6 +244,16 @@ class Worker:
                 self._jobs.pop(next(iter(self._jobs)))
             self._jobs[job_id] = ctx
         return ctx
+
+    def _seed_identity(self, job_id: str) -> str | None:
+        """What seeds this process's sampler for the job: ``None`` (as ``tuner run``) for the first process
+        that opens its study, so a one-worker job reproduces with ``tuner run``; a unique name after that."""
+        with session_scope(self.engine, write=True) as s:
+            ordinal = s.execute(
+                sa.update(Job).where(Job.id == job_id).values(study_openers=Job.study_openers + 1)
+                .returning(Job.study_openers)
+            ).scalar_one_or_none()
+        return None if ordinal in (None, 1) else f"{self.worker_id}#{ordinal}"
 
     def _load(self, job_id: str) -> Job | None:
         with session_scope(self.engine) as s:

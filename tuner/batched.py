@@ -33,6 +33,7 @@ from tuner.spec import JobSpec
 from tuner.training import TrainConfig, epoch_value, make_optimizer
 
 if TYPE_CHECKING:
+    from tuner.data import PreparedData
     from tuner.objective import Objective, Reporter
 
 __all__ = ["StackedMLP", "can_batch", "fit_folds_lockstep"]
@@ -40,9 +41,11 @@ __all__ = ["StackedMLP", "can_batch", "fit_folds_lockstep"]
 _FOLD_SEED_STRIDE = 7919  # as tuner.objective: fold i of trial n is seeded split.seed + n + stride * i
 
 
-def can_batch(spec: JobSpec, device: torch.device | str | None = None) -> bool:
-    """True for an MLP whose pruner does not need per-fold scores (not Wilcoxon)."""
-    return spec.model.kind == "mlp" and spec.pruner.kind != "wilcoxon"
+def can_batch(spec: JobSpec, device: torch.device | str | None = None, data: PreparedData | None = None) -> bool:
+    """True for an MLP whose pruner does not need per-fold scores (not Wilcoxon) and whose folds have the
+    same input width (one-hot vocabularies come from each fold's training part, so they can differ)."""
+    same_width = data is None or len({f.n_features for f in data.folds}) == 1
+    return spec.model.kind == "mlp" and spec.pruner.kind != "wilcoxon" and same_width
 
 
 class StackedMLP(nn.Module):
@@ -135,7 +138,7 @@ def fit_folds_lockstep(
         seed = base + _FOLD_SEED_STRIDE * i
         torch.manual_seed(seed)
         generators.append(torch.Generator().manual_seed(seed))
-        models.append(build_model(spec.model, params, data.n_features, data.n_outputs, input_shape=data.input_shape))
+        models.append(build_model(spec.model, params, folds[i].n_features, data.n_outputs, input_shape=data.input_shape))
     torch.manual_seed(base)  # dropout draws from the global generator
     model = StackedMLP(models).to(device)
     optimizer = make_optimizer(model, cfg)
@@ -153,6 +156,7 @@ def fit_folds_lockstep(
     if task == "regression":
         scales = [float(f.preprocessor.target_scaler.scale.ravel()[0]) if f.preprocessor.target_scaler is not None
                   else 1.0 for f in folds]
+    loss_scales = torch.tensor([f.preprocessor.loss_scale for f in folds], device=device)
     bs = cfg.batch_size
     n_batches = max(math.ceil(n / bs) for n in n_train)
     folds_idx = torch.arange(K, device=device).unsqueeze(1)
@@ -201,12 +205,13 @@ def fit_folds_lockstep(
             else:
                 optimizer.step()
             total += per_fold.detach() * count
-        train_loss = (total / torch.tensor(n_train, dtype=total.dtype, device=device)).tolist()
+        # losses in the target's units (regression: MSE times the fold's target variance), as fit() reports
+        train_loss = (total / torch.tensor(n_train, dtype=total.dtype, device=device) * loss_scales).tolist()
         model.eval()
         with torch.inference_mode():
             out = model(Xv)
             rows = _row_loss(task, out, yv)
-            val_loss_t = torch.where(val_mask, rows, 0).sum(1) / val_count
+            val_loss_t = torch.where(val_mask, rows, 0).sum(1) / val_count * loss_scales
         val_loss = val_loss_t.tolist()
         improved = []
         for k in range(K):

@@ -316,7 +316,7 @@ class Objective:
     def _kfold(self, trial: optuna.Trial, params: dict[str, Any], attrs: dict[str, Any], reporter: Reporter) -> float:
         from tuner.batched import can_batch, fit_folds_lockstep
 
-        if can_batch(self.spec, self.device):
+        if can_batch(self.spec, self.device, self.data):
             return fit_folds_lockstep(self, trial, params, attrs, reporter)
         return self._kfold_sequential(trial, params, attrs, reporter)
 

@@ -112,7 +112,7 @@ def _worker_main(
     if data is None:  # spawned: prepare again (deterministic by split.seed)
         data = prepare_data(spec)
     # Each process its own sampler seed (spec seed, process index, trials so far): no duplicate proposals.
-    study = open_study(spec, storage.open(), study_name, worker_id=f"jobs-{index}")
+    study = open_study(spec, storage.open(), study_name, worker_id=None if index == 0 else f"jobs-{index}")
     objective = Objective(spec, data, device=device, worker_id=f"{socket.gethostname()}:{os.getpid()}",
                           artifacts_dir=artifacts_dir)
     try:

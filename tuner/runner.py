@@ -264,7 +264,7 @@ def finalize(
     study.set_user_attr("test_scoring_count", len(scored))
     test = data.take_test()
     pre = fold.preprocessor
-    metrics = _score(model, pre, data.task, test.frame, np.asarray(test.y), dev)
+    metrics, outputs = _score(model, pre, data.task, test.frame, np.asarray(test.y), dev)
     metrics["n_test"] = len(test.y)
     if data.task == "classification":
         metrics["n_test_unseen_label"] = test.n_unseen_label
@@ -288,20 +288,22 @@ def finalize(
 
 def _score(
     model: torch.nn.Module, pre: Any, task: str, frame: Any, y: np.ndarray, dev: torch.device
-) -> dict[str, Any]:
-    """Test metrics; a label no training row had (UNSEEN_LABEL) is a wrong prediction and has no loss."""
+) -> tuple[dict[str, Any], np.ndarray]:
+    """Test metrics and outputs; a label no training row had (UNSEEN_LABEL) is a wrong prediction and has
+    no loss."""
     X = torch.from_numpy(pre.transform(frame)).to(dev)
     if task == "regression":
         y_t = torch.from_numpy(pre.transform_target(y).astype(np.float32)).to(dev)
         loss, outputs = evaluate(model, X, y_t, task)
-        return compute_metrics(task, y, pre.inverse_target(outputs), loss * pre.loss_scale)
+        predictions = pre.inverse_target(outputs)
+        return compute_metrics(task, y, predictions, loss * pre.loss_scale), predictions
     seen = y != UNSEEN_LABEL
     y_t = torch.from_numpy(np.where(seen, y, 0).astype(np.int64)).to(dev)
     loss, outputs = evaluate(model, X, y_t, task)
     if not seen.all():
         mask = torch.from_numpy(seen).to(dev)
         loss = evaluate(model, X[mask], y_t[mask], task)[0] if seen.any() else float("nan")
-    return compute_metrics(task, y, outputs, loss)
+    return compute_metrics(task, y, outputs, loss), outputs
 
 
 def build_result(study: optuna.Study, *, status: str | None = None) -> dict[str, Any]:
