@@ -23,6 +23,7 @@ PARTS = [
     ("workers", "5. Workers"),
     ("api_load", "6. API under load"),
     ("growth", "7. Growth"),
+    ("peers", "8. Against the script a user would write (issue 10)"),
 ]
 
 
@@ -177,6 +178,73 @@ def growth(r: dict[str, Any]) -> tuple[str, list[list[str]]]:
 
 RENDER = {"pruning": pruning, "samplers": samplers, "overhead": overhead, "trainloop": trainloop,
           "workers": workers, "api_load": api_load, "growth": growth}
+
+
+def peers(r: dict[str, Any]) -> tuple[str, list[list[str]]]:
+    lines: list[str] = []
+    targets: list[list[str]] = []
+    jobs = r["config"]["jobs"]
+    if "textbook" in r:
+        t = r["textbook"]
+        lines.append(f"**Textbook Optuna script vs `tuner.run`** (digits MLP 128-64, 40 trials, <= 30 epochs, "
+                     f"median pruner, TPE seeds {r['config']['seeds']}; `jN` = `--jobs N`, one torch thread per "
+                     "process; `memory` = in-memory study (a temporary journal file with N > 1), `sqlite` = a "
+                     "SQLite file)\n")
+        rows = [[v, s["median_wall_s"], s["median_epochs"], s["median_test_accuracy"], s["wall_ratio_vs_textbook"],
+                 s["test_points_vs_textbook"]] for v, s in t["summary"].items()]
+        lines.append(table(["variant", "wall s", "epochs", "test accuracy", "wall / textbook", "test points vs textbook"],
+                           rows, digits=[0, 2, 0, 4, 2, 2]))
+        lines.append("")
+        for v, limit in ((f"memory-j{jobs}", 0.5), (f"sqlite-j{jobs}", 0.5), ("memory-j1", 0.8), ("sqlite-j1", 0.8)):
+            s = t["summary"].get(v)
+            if s is None:
+                continue
+            ok = s["wall_ratio_vs_textbook"] <= limit and s["test_points_vs_textbook"] >= -0.5
+            targets.append([f"8. tuner run {v} / textbook", f"<= {limit}, test >= -0.5 pts",
+                            f"{fmt(s['wall_ratio_vs_textbook'], 2)}, {fmt(s['test_points_vs_textbook'], 2)} pts",
+                            verdict(ok)])
+    if "sklearn" in r:
+        lines.append(f"**scikit-learn `MLP*` + `RandomizedSearchCV` (20 candidates, 5-fold, `n_jobs=-1`) vs "
+                     f"`tuner.run` (20 trials, 5-fold in lockstep, default pruner, `--jobs {jobs}`, SQLite file)**\n")
+        rows = []
+        n_ok = 0
+        for ds, s in r["sklearn"].items():
+            rows.append([ds, s["sklearn_median_wall_s"], s["tuner_median_wall_s"], s["wall_ratio"],
+                         s["sklearn_median_test"], s["tuner_median_test"], s["tuner_median_epochs"]])
+            n_ok += bool(s["test_not_worse"])
+            targets.append([f"8. tuner / scikit-learn, {ds}", "<= 1.0", fmt(s["wall_ratio"], 2),
+                            verdict(s["wall_ratio"] <= 1.0)])
+        targets.append(["8. tuner test score >= scikit-learn's median", ">= 3 of 4 data sets", f"{n_ok} of 4",
+                        verdict(n_ok >= 3)])
+        lines.append(table(["data set", "scikit-learn s", "tuner s", "tuner / sklearn", "sklearn test",
+                            "tuner test", "tuner epochs"], rows, digits=[0, 2, 2, 2, 4, 4, 0]))
+        lines.append("")
+        lines.append("Test score: accuracy (classification), R² (diabetes); medians over the seeds.")
+        lines.append("")
+    if "kfold_cost" in r:
+        k = r["kfold_cost"]["summary"]
+        lines.append("**K-fold trial cost** (breast_cancer example, pruner none, random sampler: the same params "
+                     "for every variant)\n")
+        lines.append(table(["variant", "s per trial", "x holdout", "epochs (all folds)", "epochs (longest fold)"],
+                           [[v, s["median_per_trial_s"], s["ratio_vs_holdout"], s["median_epochs"],
+                             s["median_lockstep_epochs"]] for v, s in k.items()], digits=[0, 3, 2, 0, 0]))
+        lines.append("")
+        targets.append(["8. 5-fold trial / holdout trial", "<= 1.6x", fmt(k["kfold"]["ratio_vs_holdout"], 2),
+                        verdict(k["kfold"]["ratio_vs_holdout"] <= 1.6)])
+    if "overhead" in r:
+        o = r["overhead"]["summary"]
+        lines.append("**Per-epoch engine overhead** (digits MLP, batch 32, 30 epochs, median pruner reading every "
+                     "epoch, SQLite file; bare = forward/backward/step only on the same batches)\n")
+        lines.append(table(["engine ms/epoch", "bare ms/epoch", "overhead"],
+                           [[o["median_engine_ms_per_epoch"], o["median_bare_ms_per_epoch"],
+                             f"{100 * o['median_overhead_fraction']:.1f} %"]], digits=2))
+        lines.append("")
+        targets.append(["8. per-epoch engine overhead", "<= 10 %", f"{100 * o['median_overhead_fraction']:.1f} %",
+                        verdict(o["median_overhead_fraction"] <= 0.10)])
+    return "\n".join(lines), targets
+
+
+RENDER["peers"] = peers
 
 
 def main() -> None:

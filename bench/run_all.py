@@ -12,7 +12,7 @@ import time
 
 from bench.common import banner, run_module, table
 
-PARTS = ("pruning", "samplers", "overhead", "trainloop", "workers", "api_load", "growth")
+PARTS = ("pruning", "samplers", "overhead", "trainloop", "workers", "api_load", "growth", "peers")
 
 
 def main() -> int:

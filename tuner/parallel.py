@@ -1,7 +1,7 @@
 """``tuner run --jobs N``: the search in N processes on one study, the test scoring once in the parent.
 
-Each process (forked where the platform allows it, so the prepared data is shared rather than rebuilt)
-opens its own connection to the study and runs one trial at a time, each after taking a ticket from a
+Each process (started by a fork server where the platform has one, else spawned; the prepared data is
+passed to it) opens its own connection to the study and runs one trial at a time, each after taking a ticket from a
 shared counter, so exactly the missing number of trials is started however the processes interleave.
 The processes use one torch thread each by default. Their samplers are seeded ``seed + process index``
 (identical seeds would propose the same first trials in every process). The parent only watches (a
@@ -91,7 +91,7 @@ def _take_ticket(counter: Any, limit: int) -> bool:
 def _worker_main(
     index: int,
     spec: JobSpec,
-    data: PreparedData | None,
+    data: PreparedData,
     storage: SharedStorage,
     study_name: str,
     limit: int,
@@ -103,7 +103,6 @@ def _worker_main(
 ) -> None:
     import logging
 
-    from tuner.data import prepare_data
     from tuner.objective import Objective
     from tuner.runner import open_study, optimize
 
@@ -141,14 +140,19 @@ def search_parallel(
     Raises ``KeyboardInterrupt`` after stopping the processes when interrupted, and ``RuntimeError``
     when a process failed otherwise (the trials it finished stay in the study).
     """
-    fork = "fork" in mp.get_all_start_methods()
-    ctx = mp.get_context("fork" if fork else "spawn")
+    # Not plain fork: a process that has used torch's OpenMP pool (or holds any lock in another thread)
+    # can deadlock its forked children. The fork server is a clean single-threaded process, started once
+    # per Python process with the heavy imports done, that forks the workers cheaply.
+    forkserver = "forkserver" in mp.get_all_start_methods()
+    ctx = mp.get_context("forkserver" if forkserver else "spawn")
+    if forkserver:
+        ctx.set_forkserver_preload(["torch", "optuna", "sklearn", "tuner.objective", "tuner.runner"])
     counter = ctx.Value("i", 0)
     deadline = None if timeout_s is None else time.time() + timeout_s
     procs = [
         ctx.Process(
             target=_worker_main, name=f"tuner-job-{i}",
-            args=(i, spec, data if fork else None, storage, study_name, n_trials, counter, deadline,
+            args=(i, spec, data, storage, study_name, n_trials, counter, deadline,
                   artifacts_dir, device, threads),
         )
         for i in range(jobs)

@@ -75,12 +75,17 @@ class FitResult:
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Adam, AdamW or SGD with (Nesterov-free) momentum."""
+    """Adam, AdamW or SGD with (Nesterov-free) momentum.
+
+    ``foreach=True``: one multi-tensor update per step also on the CPU (torch picks it only for CUDA),
+    which saves the per-parameter Python loop that dominates a small model's step.
+    """
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                               foreach=True)
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
 
 
 def _criterion(task: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:

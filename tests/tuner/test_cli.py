@@ -89,7 +89,7 @@ def test_ctrl_c_prints_interrupted_and_exits_130(tmp_path: Path, monkeypatch: py
 
     monkeypatch.setattr(runner_mod, "optimize", interrupted)
     spec = _tiny_copy(ROOT / "examples" / "digits-mlp.json", tmp_path)
-    code = main(["run", str(spec), "--storage", f"sqlite:///{tmp_path / 'r.db'}", "--quiet"])
+    code = main(["run", str(spec), "--storage", f"sqlite:///{tmp_path / 'r.db'}", "--quiet", "--jobs", "1"])
     assert code == 130
     assert json.loads(capsys.readouterr().out)["status"] == "interrupted"
 

@@ -92,7 +92,7 @@ def test_median_decided_in_process_equals_optunas_should_prune(make_spec, kfold:
         if mode == "optuna":
             real_init = objective_mod.Reporter.__init__
 
-            def init(self, trial):  # type: ignore[no-untyped-def]
+            def init(self, trial, real_init=real_init):  # type: ignore[no-untyped-def]
                 real_init(self, trial)
                 self.mode = "optuna"
 
