@@ -72,8 +72,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     limits.configure(settings.limits())
     install_error_handlers(app, body_limits={
-        ("POST", "/jobs"): settings.max_json_bytes,
-        ("POST", "/datasets"): settings.max_upload_bytes + 64 * 1024,  # the file plus the multipart framing
+        ("POST", "/jobs"): (settings.max_json_bytes, 0),
+        ("POST", "/datasets"): (settings.max_upload_bytes, 64 * 1024),  # the file plus the multipart framing
     })
     app.state.settings = settings
     app.state.engine = get_engine(settings.database_url)

@@ -11,6 +11,8 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from tests.app.conftest import asgi_post
+from tuner import limits
+from tuner.limits import Limits
 
 
 @pytest.mark.parametrize(
@@ -46,11 +48,14 @@ def test_json_infinity_and_nan_are_refused(client, spec_dict, unchanged):
 
 def test_limits_come_from_settings(settings, spec_dict):
     settings = settings.model_copy(update={"max_timeout_s": 100.0, "max_width": 4})
-    with TestClient(create_app(settings)) as c:
-        r = c.post("/jobs", json=spec_dict())
-        assert r.status_code == 422
-        assert {e["msg"] for e in r.json()["detail"]} == {
-            "budget.timeout_s: must be at most 100", "model.hidden: each width must be at most 4"}
+    try:
+        with TestClient(create_app(settings)) as c:
+            r = c.post("/jobs", json=spec_dict())
+            assert r.status_code == 422
+            assert {e["msg"] for e in r.json()["detail"]} == {
+                "budget.timeout_s: must be at most 100", "model.hidden: each width must be at most 4"}
+    finally:
+        limits.configure(Limits())  # the limits are process-wide; later tests expect the defaults
 
 
 def test_json_body_limit_is_413_while_reading(client, spec_dict, settings, unchanged):
