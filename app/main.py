@@ -68,7 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="tuneserve",
         version="0.1.0",
         description="Hyperparameter tuning for PyTorch models: submit a job spec, poll its trials and results.",
-        responses=responses(500, 503),
+        responses=responses(400, 500, 503),
     )
     limits.configure(settings.limits())
     install_error_handlers(app, body_limits={

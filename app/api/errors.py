@@ -50,6 +50,7 @@ def _response(description: str) -> dict[str, Any]:
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _response("Malformed request body (not JSON / multipart)"),
     404: _response("No such resource"),
     409: _response("Conflicts with the resource's state"),
     413: _response("Request body larger than the limit"),
