@@ -80,7 +80,7 @@ def _npy_header(fp: IO[bytes]) -> tuple[tuple[int, ...], np.dtype]:
     else:  # (3, 0): utf-8 field names; numpy has no public reader for it
         from numpy.lib import _format_impl
 
-        shape, _fortran, dtype = _format_impl._read_array_header(fp, version)
+        shape, _fortran, dtype = _format_impl._read_array_header(fp, version)  # type: ignore[attr-defined]
     return tuple(int(s) for s in shape), np.dtype(dtype)
 
 
