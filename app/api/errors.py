@@ -25,7 +25,7 @@ __all__ = ["ERROR_RESPONSES", "BodyLimitMiddleware", "BodyTooLarge", "ErrorRespo
 log = logging.getLogger(__name__)
 RETRY_AFTER_S = 5
 # Driver-level failures that mean "the database is not reachable right now", not a bug.
-DATABASE_DOWN: tuple[type[BaseException], ...] = (
+DATABASE_DOWN: tuple[type[Exception], ...] = (
     sa.exc.OperationalError,
     sa.exc.InterfaceError,
     sa.exc.TimeoutError,
