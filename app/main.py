@@ -71,8 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         responses=responses(400, 500, 503),
     )
     limits.configure(settings.limits())
-    install_error_handlers(app, body_limits={
-        ("POST", "/jobs"): (settings.max_json_bytes, 0),
+    install_error_handlers(app, default_body_limit=(settings.max_json_bytes, 0), body_limits={
         ("POST", "/datasets"): (settings.max_upload_bytes, 64 * 1024),  # the file plus the multipart framing
     })
     app.state.settings = settings

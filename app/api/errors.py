@@ -79,18 +79,22 @@ class BodyLimitMiddleware:
     """Refuse a request body past its route's limit while it streams in, before it is spooled or parsed.
 
     ``limits`` maps ``(method, path)`` to ``(bytes, allowance)``: the body may be ``bytes + allowance``
-    long (the allowance covers multipart framing). A ``Content-Length`` over it is refused without reading;
-    otherwise bytes are counted message by message and reading stops with 413 past it.
+    long (the allowance covers multipart framing); every other request gets ``default``. A
+    ``Content-Length`` over it is refused without reading; otherwise bytes are counted message by message
+    and reading stops with 413 past it.
     """
 
-    def __init__(self, app: ASGIApp, limits: Mapping[tuple[str, str], tuple[int, int]]) -> None:
+    def __init__(
+        self, app: ASGIApp, limits: Mapping[tuple[str, str], tuple[int, int]], default: tuple[int, int] | None = None
+    ) -> None:
         self.app = app
         self.limits = dict(limits)
+        self.default = default
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         entry = None
         if scope["type"] == "http":
-            entry = self.limits.get((scope["method"], scope["path"].rstrip("/") or "/"))
+            entry = self.limits.get((scope["method"], scope["path"].rstrip("/") or "/"), self.default)
         if entry is None:
             await self.app(scope, receive, send)
             return
@@ -133,7 +137,9 @@ async def _json_error(exc: HTTPException, scope: Scope, send: Send) -> None:
 
 
 # -------------------------------------------------------------------------------------------- handlers
-def install_error_handlers(app: FastAPI, *, body_limits: Mapping[tuple[str, str], tuple[int, int]]) -> None:
+def install_error_handlers(
+    app: FastAPI, *, body_limits: Mapping[tuple[str, str], tuple[int, int]], default_body_limit: tuple[int, int]
+) -> None:
     """Register the JSON handlers for HTTP errors, database outages and bugs, and the body limits."""
 
     @app.exception_handler(HTTPException)
@@ -157,4 +163,4 @@ def install_error_handlers(app: FastAPI, *, body_limits: Mapping[tuple[str, str]
         log.exception("unhandled error", exc_info=exc)
         return JSONResponse({"detail": f"internal server error ({type(exc).__name__})"}, status_code=500)
 
-    app.add_middleware(BodyLimitMiddleware, limits=body_limits)
+    app.add_middleware(BodyLimitMiddleware, limits=body_limits, default=default_body_limit)

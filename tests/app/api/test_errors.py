@@ -57,3 +57,25 @@ def test_every_operation_declares_its_errors(client):
                 assert ref.endswith("/ErrorResponse"), (method, path, code)
     post = schema["paths"]["/datasets"]["post"]
     assert "201" in post["responses"]
+
+
+def test_every_route_has_a_body_limit(client, settings):
+    """Not only POST /jobs: any route (present or added later) refuses a body past TUNER_MAX_JSON_KB."""
+    body = b"x" * (settings.max_json_bytes + 1)
+    for method, path in (("post", "/jobs/x/cancel"), ("delete", "/jobs/x"), ("post", "/healthz")):
+        r = client.request(method.upper(), path, content=body)
+        assert r.status_code == 413 and r.json() == {"detail": "the request body is larger than the limit of 256 KiB"}
+
+
+def test_optuna_storage_error_is_503(client, spec_dict, monkeypatch):
+    import optuna
+
+    job = client.post("/jobs", json=spec_dict()).json()
+
+    def down() -> None:
+        raise optuna.exceptions.StorageInternalError("connection lost")
+
+    monkeypatch.setattr(client.app.state, "storage", down)
+    r = client.get(f"/jobs/{job['id']}")
+    assert r.status_code == 503 and r.headers["retry-after"] == "5"
+    assert r.json() == {"detail": "the database is unreachable (StorageInternalError); retry in a few seconds"}
