@@ -86,3 +86,20 @@ def test_upload_memory_estimate_uses_the_recorded_column_count(client, upload, s
     assert "more than the limit of 4 GiB" in r.json()["detail"][0]["msg"]
     spec["model"]["hidden"] = [8]
     assert client.post("/jobs", json=spec).status_code == 201
+
+
+def test_workers_validate_stored_specs_with_the_same_limits(settings, spec_dict):
+    from app.worker import Worker
+    from tuner.spec import JobSpec
+
+    settings = settings.model_copy(update={"max_timeout_s": 2e6})
+    try:
+        with TestClient(create_app(settings)) as c:
+            job = c.post("/jobs", json=spec_dict(budget={"timeout_s": 1e6}))
+            assert job.status_code == 201, job.text
+        limits.configure(Limits())  # a fresh worker process starts with the engine's defaults
+        stored = {**spec_dict(), "budget": {**spec_dict()["budget"], "timeout_s": 1e6}}
+        Worker(settings)
+        assert JobSpec.model_validate(stored).budget.timeout_s == 1e6
+    finally:
+        limits.configure(Limits())
