@@ -69,12 +69,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="tuneserve",
         version="0.1.0",
         description="Hyperparameter tuning for PyTorch models: submit a job spec, poll its trials and results.",
-        responses=responses(500, 503),
+        responses=responses(400, 500, 503),
     )
     limits.configure(settings.limits())
-    install_error_handlers(app, body_limits={
-        ("POST", "/jobs"): settings.max_json_bytes,
-        ("POST", "/datasets"): settings.max_upload_bytes + 64 * 1024,  # the file plus the multipart framing
+    install_error_handlers(app, default_body_limit=(settings.max_json_bytes, 0), body_limits={
+        ("POST", "/datasets"): (settings.max_upload_bytes, 64 * 1024),  # the file plus the multipart framing
     })
     app.state.settings = settings
     app.state.engine = get_engine(settings.database_url)

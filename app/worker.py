@@ -33,6 +33,7 @@ from app.liveness import count_failure, reap_dead_workers, set_phase, unregister
 from app.models import Dataset, Job, JobStatus, utcnow
 from tuner.data import PreparedData, prepare_data
 from tuner.errors import StopRequested
+from tuner.limits import configure as configure_limits
 from tuner.objective import Objective
 from tuner.runner import build_result, finalize, open_study, optimize, trial_counts
 from tuner.spec import JobSpec, SpecError
@@ -78,6 +79,7 @@ class Worker:
 
     def __post_init__(self) -> None:
         url = self.settings.database_url
+        configure_limits(self.settings.limits())  # stored specs are re-validated with the API's limits
         self.engine = get_engine(url)
         self.storage = make_storage(
             url, heartbeat_interval=self.settings.heartbeat_interval, grace_period=self.settings.grace_period

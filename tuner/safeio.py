@@ -78,7 +78,9 @@ def _npy_header(fp: IO[bytes]) -> tuple[tuple[int, ...], np.dtype]:
     elif version == (2, 0):
         shape, _fortran, dtype = npy_format.read_array_header_2_0(fp)
     else:  # (3, 0): utf-8 field names; numpy has no public reader for it
-        shape, _fortran, dtype = npy_format._read_array_header(fp, version)
+        from numpy.lib import _format_impl
+
+        shape, _fortran, dtype = _format_impl._read_array_header(fp, version)  # type: ignore[attr-defined]
     return tuple(int(s) for s in shape), np.dtype(dtype)
 
 

@@ -25,7 +25,7 @@ __all__ = ["ERROR_RESPONSES", "BodyLimitMiddleware", "BodyTooLarge", "ErrorRespo
 log = logging.getLogger(__name__)
 RETRY_AFTER_S = 5
 # Driver-level failures that mean "the database is not reachable right now", not a bug.
-DATABASE_DOWN: tuple[type[BaseException], ...] = (
+DATABASE_DOWN: tuple[type[Exception], ...] = (
     sa.exc.OperationalError,
     sa.exc.InterfaceError,
     sa.exc.TimeoutError,
@@ -50,6 +50,7 @@ def _response(description: str) -> dict[str, Any]:
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _response("Malformed request body (not JSON / multipart)"),
     404: _response("No such resource"),
     409: _response("Conflicts with the resource's state"),
     413: _response("Request body larger than the limit"),
@@ -68,32 +69,39 @@ def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 class BodyTooLarge(HTTPException):
     """Raised from ``receive`` as soon as a body passes its limit (an HTTPException, so FastAPI re-raises it)."""
 
-    def __init__(self, limit: int) -> None:
-        human = f"{limit / 2**20:g} MiB" if limit >= 2**20 else f"{limit / 1024:g} KiB"
+    def __init__(self, limit: int, allowance: int = 0) -> None:
+        shown = limit - allowance  # the limit as the user set it, without the multipart framing allowance
+        human = f"{shown / 2**20:g} MiB" if shown >= 2**20 else f"{shown / 1024:g} KiB"
         super().__init__(status_code=413, detail=f"the request body is larger than the limit of {human}")
 
 
 class BodyLimitMiddleware:
     """Refuse a request body past its route's limit while it streams in, before it is spooled or parsed.
 
-    ``limits`` maps ``(method, path)`` to bytes. A ``Content-Length`` over the limit is refused without
-    reading; otherwise bytes are counted message by message and reading stops with 413 past the limit.
+    ``limits`` maps ``(method, path)`` to ``(bytes, allowance)``: the body may be ``bytes + allowance``
+    long (the allowance covers multipart framing); every other request gets ``default``. A
+    ``Content-Length`` over it is refused without reading; otherwise bytes are counted message by message
+    and reading stops with 413 past it.
     """
 
-    def __init__(self, app: ASGIApp, limits: Mapping[tuple[str, str], int]) -> None:
+    def __init__(
+        self, app: ASGIApp, limits: Mapping[tuple[str, str], tuple[int, int]], default: tuple[int, int] | None = None
+    ) -> None:
         self.app = app
         self.limits = dict(limits)
+        self.default = default
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        limit = None
+        entry = None
         if scope["type"] == "http":
-            limit = self.limits.get((scope["method"], scope["path"].rstrip("/") or "/"))
-        if limit is None:
+            entry = self.limits.get((scope["method"], scope["path"].rstrip("/") or "/"), self.default)
+        if entry is None:
             await self.app(scope, receive, send)
             return
+        limit = entry[0] + entry[1]
         length = dict(scope["headers"]).get(b"content-length", b"")
         if length.isdigit() and int(length) > limit:
-            await _json_error(BodyTooLarge(limit), scope, send)
+            await _json_error(BodyTooLarge(limit, entry[1]), scope, send)
             return
         received = 0
         started = False
@@ -104,7 +112,7 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise BodyTooLarge(limit)
+                    raise BodyTooLarge(limit, entry[1])
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -129,7 +137,9 @@ async def _json_error(exc: HTTPException, scope: Scope, send: Send) -> None:
 
 
 # -------------------------------------------------------------------------------------------- handlers
-def install_error_handlers(app: FastAPI, *, body_limits: Mapping[tuple[str, str], int]) -> None:
+def install_error_handlers(
+    app: FastAPI, *, body_limits: Mapping[tuple[str, str], tuple[int, int]], default_body_limit: tuple[int, int]
+) -> None:
     """Register the JSON handlers for HTTP errors, database outages and bugs, and the body limits."""
 
     @app.exception_handler(HTTPException)
@@ -153,4 +163,4 @@ def install_error_handlers(app: FastAPI, *, body_limits: Mapping[tuple[str, str]
         log.exception("unhandled error", exc_info=exc)
         return JSONResponse({"detail": f"internal server error ({type(exc).__name__})"}, status_code=500)
 
-    app.add_middleware(BodyLimitMiddleware, limits=body_limits)
+    app.add_middleware(BodyLimitMiddleware, limits=body_limits, default=default_body_limit)

@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     )
 
     # --- limits (README "Limits"): request bodies, spec numbers and lists, model and data size
-    max_json_kb: float = Field(default=256, gt=0, description="JSON body of POST /jobs (413 beyond)")
+    max_json_kb: float = Field(default=256, gt=0, description="request body except uploads (413 beyond)")
     max_timeout_s: float = Field(default=Limits.max_timeout_s, gt=0, allow_inf_nan=False)
     max_trials: int = Field(default=Limits.max_trials, ge=1)
     max_epochs: int = Field(default=Limits.max_epochs, ge=1)

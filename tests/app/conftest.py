@@ -277,3 +277,37 @@ def unchanged(settings: Settings) -> Callable[[], Any]:
         assert _state(settings) == before
 
     return check
+
+
+# ------------------------------------------------------------------ an ASGI call that streams its body
+def asgi_post(app: Any, path: str, chunks: Any, headers: dict[str, str]) -> tuple[int, bytes, int]:
+    """POST ``chunks`` (an iterator of bytes, one ASGI message each) straight to the ASGI app.
+
+    Returns ``(status, body, bytes the app pulled)``: unlike TestClient, which reads a streamed request
+    in full before calling the app, this shows how much of the body the server actually read.
+    """
+    import asyncio
+
+    pulled = 0
+    it = iter(chunks)
+    messages: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        nonlocal pulled
+        chunk = next(it, None)
+        if chunk is None:
+            return {"type": "http.request", "body": b"", "more_body": False}
+        pulled += len(chunk)
+        return {"type": "http.request", "body": chunk, "more_body": True}
+
+    async def send(message: dict[str, Any]) -> None:
+        messages.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+             "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+             "client": ("127.0.0.1", 1), "server": ("testserver", 80), "state": {}}
+    asyncio.run(app(scope, receive, send))
+    status = next(m["status"] for m in messages if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body")
+    return status, body, pulled

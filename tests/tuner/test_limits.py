@@ -95,7 +95,7 @@ def test_typed_pruner_arguments_round_trip(kind: str) -> None:
     again = parse_spec(spec.model_dump(mode="json"))  # what the service stores and the worker reads
     assert again == spec
     assert type(again.pruner.build()) is type(spec.pruner.build())
-    assert again.sampler.build()._popsize == 8  # noqa: SLF001
+    assert again.sampler.build()._popsize == 8
 
 
 def test_examples_are_within_the_limits() -> None:

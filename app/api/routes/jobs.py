@@ -17,7 +17,7 @@ from tuner.spec import JobSpec
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses=responses(404, 409, 413, 422))
 
 LimitQ = Annotated[int, Query(ge=1, le=500, description="page size")]
-OffsetQ = Annotated[int, Query(ge=0)]
+OffsetQ = Annotated[int, Query(ge=0, le=1_000_000_000)]
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=JobPublic)

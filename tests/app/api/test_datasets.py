@@ -1,6 +1,8 @@
 """``/datasets``: upload validation, limits, list/read/delete, nothing half-written."""
 
 import io
+import json
+import tracemalloc
 
 import numpy as np
 import pandas as pd
@@ -8,6 +10,7 @@ import sqlalchemy as sa
 
 from app.db import get_engine
 from app.models import Job
+from tests.app.conftest import asgi_post
 
 
 def _files(settings):
@@ -24,6 +27,7 @@ def test_upload_csv_summary(client, upload, iris_csv, settings):
     assert len(ds["sha256"]) == 64 and ds["format"] == "csv" and ds["filename"] == "iris.csv"
     assert _files(settings) == [f"{ds['id']}.csv"]
     assert client.get(f"/datasets/{ds['id']}").json() == ds
+    assert r.headers["location"] == f"/datasets/{ds['id']}"
     assert client.get("/datasets").json()["items"] == [ds]
 
 
@@ -41,8 +45,19 @@ def test_upload_parquet_regression_and_npz(client, upload):
     assert r.json()["columns"] == 3 and r.json()["class_counts"] == {"0": 10, "1": 10}
 
 
-def test_upload_errors_leave_nothing(client, upload, iris_csv, settings):
-    cases = [
+def test_upload_errors_leave_nothing(client, upload, iris_csv, settings, unchanged):
+    with unchanged():
+        cases = _bad_uploads(upload, iris_csv)
+    for r, field in cases:
+        assert r.status_code == 422, r.text
+        assert r.json()["detail"][0]["loc"] == ["body", field], r.json()
+        assert r.json()["detail"][0]["msg"]
+    assert _files(settings) == []
+    assert client.get("/datasets").json()["total"] == 0
+
+
+def _bad_uploads(upload, iris_csv):
+    return [
         (upload(iris_csv, "iris.txt", target="species"), "file"),
         (upload(iris_csv, "iris.csv"), "target"),
         (upload(iris_csv, "iris.csv", target="nope"), "target"),
@@ -52,12 +67,6 @@ def test_upload_errors_leave_nothing(client, upload, iris_csv, settings):
         (upload(iris_csv.replace(b"5.1,", b",", 1), "x.csv", target="species"), "file"),  # NaN
         (upload(b"a,y\n1,x\n2,y\n", "x.csv", target="y", task="regression"), "task"),
     ]
-    for r, field in cases:
-        assert r.status_code == 422, r.text
-        assert r.json()["detail"][0]["loc"] == ["body", field], r.json()
-        assert r.json()["detail"][0]["msg"]
-    assert _files(settings) == []
-    assert client.get("/datasets").json()["total"] == 0
 
 
 def test_upload_nan_allowed_with_flag(upload, iris_csv):
@@ -65,11 +74,40 @@ def test_upload_nan_allowed_with_flag(upload, iris_csv):
     assert r.status_code == 201 and r.json()["missing_values"] == 1
 
 
-def test_upload_too_large_is_413(upload, settings):
-    big = b"a,y\n" + b"1,0\n" * (settings.max_upload_bytes // 4 + 10)
-    r = upload(big, "big.csv", target="y")
-    assert r.status_code == 413
-    assert _files(settings) == []
+def _multipart(filename: str, file_bytes: int, boundary: str = "XyZb0undary", step: int = 64 * 1024):
+    """A multipart upload of ``file_bytes`` of CSV, yielded in ``step``-sized messages (no Content-Length)."""
+    yield (f'--{boundary}\r\nContent-Disposition: form-data; name="target"\r\n\r\ny\r\n'
+           f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+           "Content-Type: text/csv\r\n\r\na,y\n").encode()
+    for _ in range(file_bytes // step):
+        yield b"1,0\n" * (step // 4)
+    yield f"\r\n--{boundary}--\r\n".encode()
+
+
+def test_upload_limit_is_enforced_while_streaming(client, settings, unchanged):
+    """A body 32x the limit: 413 after reading about the limit, never the whole body, in little memory."""
+    limit = settings.max_upload_bytes
+    boundary = "XyZb0undary"
+    headers = {"content-type": f"multipart/form-data; boundary={boundary}"}
+    with unchanged():
+        tracemalloc.start()
+        try:
+            status, reply, pulled = asgi_post(client.app, "/datasets", _multipart("big.csv", 32 * limit), headers)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert status == 413, reply
+    assert json.loads(reply) == {"detail": "the request body is larger than the limit of 1 MiB"}
+    assert pulled <= limit + 64 * 1024 + 2 * 64 * 1024  # the limit, the framing allowance, one message
+    assert peak < 4 * limit, f"{peak / 2**20:.1f} MiB allocated while refusing the upload"
+    # Declared too large: refused before reading anything.
+    status, _, pulled = asgi_post(client.app, "/datasets", _multipart("big.csv", 32 * limit),
+                                  {**headers, "content-length": str(33 * limit)})
+    assert status == 413 and pulled == 0
+    # A well-formed upload just under the limit still works.
+    r = client.post("/datasets", files={"file": ("ok.csv", b"a,y\n" + b"1,0\n" * (limit // 4 - 100))},
+                    data={"target": "y", "task": "classification"})
+    assert r.status_code == 422 and "two classes" in r.text  # read and validated in full
 
 
 def test_upload_missing_file_is_422(client):
