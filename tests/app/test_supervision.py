@@ -152,3 +152,29 @@ def test_worker_killed_while_finalising_is_taken_over_and_scores_once(settings, 
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
+
+
+def test_poison_pill_does_not_kill_a_worker_process(settings, spec_dict, tmp_path):
+    """A job whose start raises (timeout_s = 1e12 stored past the door) used to kill ``tuner worker``
+    and, being the oldest queued job, every restarted one."""
+    with session_scope(get_engine(settings.database_url), write=True) as s:
+        poison = create_job(s, JobSpec.model_validate(spec_dict(name="poison")))
+        poison.spec = {**poison.spec, "budget": {**poison.spec["budget"], "timeout_s": 1e12}}
+        poison_id = poison.id
+    with session_scope(get_engine(settings.database_url), write=True) as s:
+        good_id = create_job(s, JobSpec.model_validate(spec_dict(name="good", budget={"n_trials": 2}))).id
+    log = tmp_path / "worker.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "app", "worker"], env=_env(settings), stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait(lambda: _job(settings, good_id).status in ("succeeded", "failed"), timeout=120,
+              what="the good job", logs=log)
+        assert proc.poll() is None, log.read_text()[-3000:]
+        bad, good = _job(settings, poison_id), _job(settings, good_id)
+        assert bad.status == "failed" and "OverflowError" in bad.error
+        assert good.status == "succeeded"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
