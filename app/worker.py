@@ -300,11 +300,12 @@ class Worker:
             raise
         except Exception as exc:
             if _failed_elsewhere(exc):
-                # The trial went stale (its heartbeat could not be written) and another worker failed it,
-                # re-queued a copy and gave back its slot: only this trial ends, the job goes on.
+                # The trial went stale (its heartbeat could not be written) and another worker failed it and
+                # re-queued a copy: only this trial ends, the job goes on. Its slot is given back once, by
+                # whichever of us gets there first (the release is keyed by trial).
                 log.warning("job %s: trial %s was failed by another worker (stale heartbeat); abandoned",
                             job_id, tracked.trial_number)
-                self._jobs.pop(job_id, None)
+                self._give_back(job_id, ctx, tracked.trial_id)
                 return True
             self._give_back(job_id, ctx, tracked.trial_id)
             log.exception("job %s: trial failed unexpectedly", job_id)

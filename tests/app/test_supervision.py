@@ -168,8 +168,11 @@ def test_poison_pill_does_not_kill_a_worker_process(settings, spec_dict, tmp_pat
         proc = subprocess.Popen([sys.executable, "-m", "app", "worker"], env=_env(settings), stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        _wait(lambda: _job(settings, good_id).status in ("succeeded", "failed"), timeout=120,
-              what="the good job", logs=log)
+        def done() -> bool:
+            assert proc.poll() is None, f"the worker died:\n{log.read_text()[-3000:]}"
+            return _job(settings, good_id).status in ("succeeded", "failed")
+
+        _wait(done, timeout=120, what="the good job", logs=log)
         assert proc.poll() is None, log.read_text()[-3000:]
         bad, good = _job(settings, poison_id), _job(settings, good_id)
         assert bad.status == "failed" and "OverflowError" in bad.error
