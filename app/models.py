@@ -117,3 +117,8 @@ class Job(Base):
     test_metrics: Mapped[dict[str, Any] | None] = mapped_column()
     best_trial: Mapped[dict[str, Any] | None] = mapped_column()
     finalized_by: Mapped[str | None] = mapped_column(sa.String(255))
+    # The summary GET /jobs/{id} answers from (written by app/services/summary.py; migration 0003).
+    version: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
+    progress: Mapped[dict[str, Any] | None] = mapped_column()
+    model_path: Mapped[str | None] = mapped_column(sa.String(1024))
+    updated_at: Mapped[datetime | None] = mapped_column()

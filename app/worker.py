@@ -29,6 +29,7 @@ import torch
 from app.core.config import Settings
 from app.db import get_engine, make_storage, release_slot, session_scope
 from app.models import Dataset, Job, JobStatus, utcnow
+from app.services.summary import SummaryCallback, try_refresh
 from tuner.data import PreparedData, prepare_data
 from tuner.errors import StopRequested
 from tuner.objective import Objective
@@ -166,6 +167,7 @@ class Worker:
                     deadline=now + timedelta(seconds=float(timeout)) if timeout else None,
                 )
             )
+        try_refresh(self.engine, job_id)
 
     def _claim(self, job_id: str) -> bool:
         with session_scope(self.engine, write=True) as s:
@@ -227,9 +229,11 @@ class Worker:
             return False
         log.info("job %s: trial slot claimed by %s", job_id, self.worker_id)
         try:
-            optimize(ctx.study, ctx.objective, n_trials=1, timeout_s=None)
+            optimize(ctx.study, ctx.objective, n_trials=1, timeout_s=None,
+                     callbacks=[SummaryCallback(self.engine, job_id)])
         except StopRequested:
             release_slot(self.engine, job_id=job_id)
+            try_refresh(self.engine, job_id)
             self._settle(job_id, ctx)  # cancelled once no trial of it runs any more
             return True
         except _INFRA_ERRORS:
@@ -258,6 +262,7 @@ class Worker:
                                                         JobStatus.finalizing.value]))
                 .values(status=JobStatus.failed.value, error=message[:10_000], finished_at=utcnow())
             )
+        try_refresh(self.engine, job_id)
         self._jobs.pop(job_id, None)
 
     # -------------------------------------------------------------------------- end of the job
@@ -289,6 +294,7 @@ class Worker:
                 sa.update(Job).where(Job.id == job_id, Job.status == JobStatus.running.value)
                 .values(status=JobStatus.cancelled.value, finished_at=utcnow())
             )
+        try_refresh(self.engine, job_id)
         self._jobs.pop(job_id, None)
 
     def _finalize(self, job: Job, ctx: _JobContext | None) -> None:
@@ -300,6 +306,7 @@ class Worker:
             )
             if res.rowcount != 1:  # type: ignore[attr-defined]
                 return  # another worker finalises (or the job was cancelled)
+        try_refresh(self.engine, job.id)
         log.info("job %s: finalising (%s)", job.id, self.worker_id)
         done = threading.Event()
         beat = threading.Thread(target=self._finalize_heartbeat, args=(job.id, done), daemon=True)
@@ -324,6 +331,7 @@ class Worker:
                     .values(status=JobStatus.succeeded.value, test_metrics=_jsonable(metrics),
                             best_trial=_jsonable(result["best_trial"]), finished_at=utcnow(), heartbeat_at=None)
                 )
+            try_refresh(self.engine, job.id)
             log.info("job %s succeeded: %s", job.id, metrics)
         except _INFRA_ERRORS:
             raise  # left in `finalizing`; recovered after the grace period
