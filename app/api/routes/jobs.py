@@ -23,12 +23,12 @@ OffsetQ = Annotated[int, Query(ge=0)]
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=JobPublic)
-def submit_job(spec: JobSpec, session: WriteSessionDep, storage: StorageDep, response: Response) -> dict[str, Any]:
+def submit_job(spec: JobSpec, session: WriteSessionDep, response: Response) -> dict[str, Any]:
     """Queue a tuning job. The body is the job spec (see ``examples/``); the data set is a builtin one
     or an upload (``{"dataset": {"id": ...}}``), never a server path."""
     job = service.create_job(session, spec)
     response.headers["Location"] = f"/jobs/{job.id}"
-    return service.job_detail(job, storage)
+    return service.job_detail(job)
 
 
 @router.get("", response_model=Page[JobSummary])
@@ -81,9 +81,9 @@ def read_trials(
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic)
-def cancel_job(job_id: str, session: WriteSessionDep, storage: StorageDep) -> dict[str, Any]:
+def cancel_job(job_id: str, session: WriteSessionDep) -> dict[str, Any]:
     """Queued: cancelled at once. Running: stops at the next epoch boundary. Finished: 409."""
-    return service.job_detail(service.cancel_job(session, job_id), storage)
+    return service.job_detail(service.cancel_job(session, job_id))
 
 
 @router.delete("/{job_id}", status_code=status.HTTP_204_NO_CONTENT)
