@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tuner.client_cli import add_client_commands
+
 __all__ = ["EXIT_BAD_SPEC", "EXIT_INTERRUPTED", "build_parser", "main"]
 
 EXIT_BAD_SPEC = 2
@@ -33,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help="default: %(default)s")
     p.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads (default: all cores)")
     p.set_defaults(func=_cmd_run)
+    add_client_commands(sub)  # submit, jobs, status, watch, cancel, result (tuner/client_cli.py)
     return parser
 
 
