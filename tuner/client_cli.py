@@ -152,6 +152,7 @@ def _cmd_result(args: argparse.Namespace) -> int:
 def _watch(c: Any, job_id: str) -> int:
     """A live bar on stderr while the job runs, then the best parameters and test metrics on stdout."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -176,7 +177,7 @@ def _watch(c: Any, job_id: str) -> int:
                 # elapsed since the job started, not since we began to watch
                 started = datetime.fromisoformat(job["started_at"]).timestamp()
                 bar.tasks[task].start_time = bar.get_time() - max(0.0, time.time() - started)
-            bar.update(task, description=f"{job['name']} [{job['status']}]", total=job["n_trials"],
+            bar.update(task, description=escape(f"{job['name']} · {job['status']}"), total=job["n_trials"],
                        completed=p.get("counted", 0), counts=counts)
     return _summary(job)
 
@@ -188,14 +189,14 @@ def _summary(job: dict[str, Any]) -> int:
     out = Console()
     status = job["status"]
     if status != "succeeded":
-        out.print(f"job {job['id']} {status}" + (f": {job['error']}" if job.get("error") else ""))
+        out.print(f"job {job['id']} {status}" + (f": {job['error']}" if job.get("error") else ""), markup=False)
         return EXIT_CANCELLED if status == "cancelled" else EXIT_FAILED
     best = job["best_trial"] or {}
     table = Table(title=f"best trial #{best.get('number')} of job {job['id']}", show_header=True)
     table.add_column("parameter")
     table.add_column("value", justify="right")
     for k, v in (best.get("params") or {}).items():
-        table.add_row(k, _fmt(v))
+        table.add_row(_fmt(k), _fmt(v))
     table.add_row("[bold]validation objective[/]", _fmt(best.get("value")))
     table.add_row("[bold]best epoch[/]", _fmt(best.get("best_epoch")))
     out.print(table)
@@ -204,15 +205,17 @@ def _summary(job: dict[str, Any]) -> int:
     metrics.add_column("value", justify="right")
     for k, v in (job.get("test_metrics") or {}).items():
         if isinstance(v, (int, float, str)) or v is None:
-            metrics.add_row(k, _fmt(v))
+            metrics.add_row(_fmt(k), _fmt(v))
     out.print(metrics)
     return 0
 
 
 def _fmt(v: Any) -> str:
+    from rich.markup import escape
+
     if isinstance(v, float):
         return f"{v:.4g}"
-    return "-" if v is None else str(v)
+    return "-" if v is None else escape(str(v))
 
 
 def _when(ts: str | None) -> str:
