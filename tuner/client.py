@@ -86,6 +86,8 @@ class Client:
                 wait = min(wait, deadline - time.monotonic())
                 if wait <= 0:
                     raise TimeoutError(f"job {job_id} still {job['status']} after {timeout} s")
+            if etag is None:  # a server without ETags cannot long-poll: plain polling, once a second
+                time.sleep(min(1.0, wait))
             headers = {"If-None-Match": etag} if etag else {}
             r = self._request("GET", f"/jobs/{job_id}", params={"wait": round(wait, 3)}, headers=headers,
                               timeout=wait + self._timeout)

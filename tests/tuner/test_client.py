@@ -124,3 +124,17 @@ def test_the_client_imports_no_server_code() -> None:
 
     code = "import sys, tuner.client, tuner.client_cli, tuner.cli; sys.exit(any(m.split('.')[0] == 'app' for m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_watch_without_etags_polls_gently(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An older server ignores ?wait and sends no ETag: the client sleeps between polls instead of spinning."""
+    sleeps: list[float] = []
+    monkeypatch.setattr("tuner.client.time.sleep", sleeps.append)
+    answers = iter([JOB, JOB, JOB, {**JOB, "status": "failed"}])
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=next(answers))
+
+    with _client(handler) as c:
+        assert c.wait("j1")["status"] == "failed"
+    assert sleeps == [1.0, 1.0, 1.0]
