@@ -108,10 +108,13 @@ def _cmd_jobs(args: argparse.Namespace) -> int:
 
     with _client(args) as c:
         jobs = c.jobs(status=args.status, limit=args.limit)
-    table = Table("id", "name", "status", "trials", "created", "finished", box=None)
+    table = Table(box=None, pad_edge=False)
+    table.add_column("id", no_wrap=True, min_width=36)
+    table.add_column("name")
+    for name in ("status", "trials", "created"):
+        table.add_column(name, no_wrap=True)
     for j in jobs:
-        table.add_row(j["id"], j["name"], j["status"], str(j["n_trials"]), _when(j["created_at"]),
-                      _when(j["finished_at"]))
+        table.add_row(j["id"], j["name"], j["status"], str(j["n_trials"]), _when(j["created_at"])[5:])
     Console().print(table)
     return 0
 
@@ -127,6 +130,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
 @_guard
 def _cmd_watch(args: argparse.Namespace) -> int:
     with _client(args) as c:
+        job = c.get(args.job_id)
+        print(f"job {job['id']} ({job['name']}, {job['n_trials']} trials) on {c.url}", file=sys.stderr)
         return _watch(c, args.job_id)
 
 
@@ -162,7 +167,7 @@ def _watch(c: Any, job_id: str) -> int:
         TimeRemainingColumn,
     )
 
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+    columns = [TextColumn("{task.description}"), BarColumn(bar_width=12), MofNCompleteColumn(),
                TextColumn("{task.fields[counts]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
     job: dict[str, Any] = {}
     with Progress(*columns, console=Console(stderr=True)) as bar:
@@ -170,14 +175,14 @@ def _watch(c: Any, job_id: str) -> int:
         for job in c.watch(job_id):
             p = job["progress"]
             best = job["best_trial"]
-            counts = (f"complete {p.get('complete', 0)} · pruned {p.get('pruned', 0)} · failed "
-                      f"{p.get('failed', 0) + p.get('config_failed', 0)} · best "
+            counts = (f"{p.get('complete', 0)} complete, {p.get('pruned', 0)} pruned, "
+                      f"{p.get('failed', 0) + p.get('config_failed', 0)} failed, best "
                       + ("-" if best is None or best.get("value") is None else f"{best['value']:.4g}"))
             if job["started_at"] and bar.tasks[task].start_time is not None:
                 # elapsed since the job started, not since we began to watch
                 started = datetime.fromisoformat(job["started_at"]).timestamp()
                 bar.tasks[task].start_time = bar.get_time() - max(0.0, time.time() - started)
-            bar.update(task, description=escape(f"{job['name']} · {job['status']}"), total=job["n_trials"],
+            bar.update(task, description=escape(job["status"]), total=job["n_trials"],
                        completed=p.get("counted", 0), counts=counts)
     return _summary(job)
 
@@ -192,7 +197,7 @@ def _summary(job: dict[str, Any]) -> int:
         out.print(f"job {job['id']} {status}" + (f": {job['error']}" if job.get("error") else ""), markup=False)
         return EXIT_CANCELLED if status == "cancelled" else EXIT_FAILED
     best = job["best_trial"] or {}
-    table = Table(title=f"best trial #{best.get('number')} of job {job['id']}", show_header=True)
+    table = Table(title=f"best trial #{best.get('number')}", show_header=True)
     table.add_column("parameter")
     table.add_column("value", justify="right")
     for k, v in (best.get("params") or {}).items():
@@ -200,7 +205,7 @@ def _summary(job: dict[str, Any]) -> int:
     table.add_row("[bold]validation objective[/]", _fmt(best.get("value")))
     table.add_row("[bold]best epoch[/]", _fmt(best.get("best_epoch")))
     out.print(table)
-    metrics = Table(title="test metrics (scored once)", show_header=True)
+    metrics = Table(title="test metrics", show_header=True)
     metrics.add_column("metric")
     metrics.add_column("value", justify="right")
     for k, v in (job.get("test_metrics") or {}).items():
@@ -219,7 +224,7 @@ def _fmt(v: Any) -> str:
 
 
 def _when(ts: str | None) -> str:
-    return ts[:19].replace("T", " ") if ts else ""
+    return ts[:16].replace("T", " ") if ts else ""
 
 
 def _print_json(value: Any) -> None:

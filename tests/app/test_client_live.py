@@ -51,7 +51,7 @@ def test_client_and_cli_against_a_live_server(server, settings, spec_dict, iris_
         r = _cli(srv, "submit", str(spec), "--watch")
         assert r.returncode == 0, r.stderr
         assert "best trial #" in r.stdout and "batch_size" in r.stdout and "accuracy" in r.stdout, r.stdout
-        assert "watched · succeeded" in r.stderr and "3/3" in r.stderr
+        assert "succeeded" in r.stderr and "3/3" in r.stderr
         job_id = r.stdout.splitlines()[0]
         assert c.get(job_id)["status"] == "succeeded"
         r = _cli(srv, "status", job_id)
