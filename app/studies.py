@@ -105,7 +105,7 @@ def load_trials(session: orm.Session, trial_ids: Sequence[int]) -> list[FrozenTr
                      orm.selectinload(m.TrialModel.intermediate_values),
                      orm.selectinload(m.TrialModel.user_attributes), orm.selectinload(m.TrialModel.system_attributes))
             .filter(m.TrialModel.trial_id.in_(list(trial_ids))).all())
-    by_id = {t.trial_id: _frozen(t) for t in rows}
+    by_id: dict[int, FrozenTrial] = {int(t.trial_id): _frozen(t) for t in rows}
     return [by_id[i] for i in trial_ids if i in by_id]
 
 
