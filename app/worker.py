@@ -29,7 +29,7 @@ import torch
 from app.core.config import Settings
 from app.db import get_engine, make_storage, release_slot, session_scope
 from app.models import Dataset, Job, JobStatus, utcnow
-from app.services.summary import SummaryCallback, try_refresh
+from app.services.summary import SummaryCallback, refreshing_first, try_refresh
 from tuner.data import PreparedData, prepare_data
 from tuner.errors import StopRequested
 from tuner.objective import Objective
@@ -229,7 +229,7 @@ class Worker:
             return False
         log.info("job %s: trial slot claimed by %s", job_id, self.worker_id)
         try:
-            optimize(ctx.study, ctx.objective, n_trials=1, timeout_s=None,
+            optimize(ctx.study, refreshing_first(ctx.objective, self.engine, job_id), n_trials=1, timeout_s=None,
                      callbacks=[SummaryCallback(self.engine, job_id)])
         except StopRequested:
             release_slot(self.engine, job_id=job_id)

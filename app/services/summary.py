@@ -1,7 +1,7 @@
 """The job summary on the job row: what ``GET /jobs/{id}`` answers from, with one primary-key read.
 
-The worker calls :func:`refresh_summary` at the end of every trial (:class:`SummaryCallback`, an Optuna
-callback) and after every status change. It recounts the study with the aggregate SQL of
+The worker calls :func:`refresh_summary` at the start (:func:`refreshing_first`) and end of every trial
+(:class:`SummaryCallback`, an Optuna callback) and after every status change. It recounts the study with the aggregate SQL of
 :mod:`app.studies` and writes counts, best trial and model path on the row, bumping ``version``.
 Counting and writing happen in one write transaction that first locks the job row, so of two workers
 refreshing at once the later one always writes counts that include the earlier one's trial.
@@ -10,6 +10,7 @@ refreshing at once the later one always writes counts that include the earlier o
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import optuna
@@ -22,7 +23,7 @@ from app.db import session_scope
 from app.models import Job, utcnow
 from app.studies import read_summary
 
-__all__ = ["SummaryCallback", "bump_version", "job_etag", "refresh_summary"]
+__all__ = ["SummaryCallback", "bump_version", "job_etag", "refresh_summary", "refreshing_first", "try_refresh"]
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,19 @@ class SummaryCallback:
 
     def __call__(self, _study: optuna.Study, _trial: FrozenTrial) -> None:
         try_refresh(self.engine, self.job_id)
+
+
+def refreshing_first(
+    objective: Callable[[optuna.Trial], float], engine: Engine, job_id: str
+) -> Callable[[optuna.Trial], float]:
+    """The objective, refreshing the summary as each trial starts (Optuna has no trial-start callback), so
+    ``progress.running`` counts the trial that now trains."""
+
+    def run(trial: optuna.Trial) -> float:
+        try_refresh(engine, job_id)
+        return objective(trial)
+
+    return run
 
 
 def try_refresh(engine: Engine, job_id: str) -> None:

@@ -73,3 +73,22 @@ def test_get_job_reads_no_optuna_table(settings, client, spec_dict):
     selects = [st for st in statements if st.lstrip().upper().startswith("SELECT")]
     assert len(selects) == 1 and "FROM jobs \nWHERE jobs.id = " in selects[0]
     assert client.app.state.storage._storage is None  # Optuna's storage was never even opened
+
+
+def test_the_running_trial_shows_in_the_summary(settings, spec_dict, monkeypatch):
+    from tuner.objective import Objective
+
+    with session_scope(get_engine(settings.database_url), write=True) as s:
+        job_id = create_job(s, JobSpec.model_validate(spec_dict(budget={"n_trials": 2}))).id
+    seen: list[int] = []
+    real = Objective.__call__
+
+    def spy(self, trial):
+        seen.append(_job(settings, job_id).progress["running"])
+        return real(self, trial)
+
+    monkeypatch.setattr(Objective, "__call__", spy)
+    w = Worker(settings)
+    for _ in range(6):
+        w.run_once()
+    assert seen == [1, 1] and _job(settings, job_id).progress["running"] == 0
