@@ -15,7 +15,8 @@ from sqlalchemy import orm
 
 from tuner.runner import build_result, trial_counts
 
-__all__ = ["load_study", "load_trials", "progress_summary", "read_summary", "study_summary", "trial_dict", "trial_page"]
+__all__ = ["load_study", "load_trials", "progress_summary", "read_summary", "study_summary", "trial_dict",
+           "trial_page"]
 
 
 def load_study(storage: optuna.storages.BaseStorage, study_name: str) -> optuna.Study | None:
@@ -40,7 +41,8 @@ _COUNT_CONFIG_FAILED = sa.text(
 )
 _STUDY_ID = sa.text("SELECT study_id FROM studies WHERE study_name = :name")
 _STUDY_ATTRS = sa.text(
-    "SELECT key, value_json FROM study_user_attributes WHERE study_id = :sid AND key IN ('test_metrics', 'model_path')"
+    "SELECT key, value_json FROM study_user_attributes"
+    " WHERE study_id = :sid AND key IN ('test_metrics', 'model_path')"
 )
 _DIRECTION = sa.text("SELECT direction FROM study_directions WHERE study_id = :sid AND objective = 0")
 
@@ -65,8 +67,10 @@ def read_summary(session: orm.Session, study_name: str) -> dict[str, Any]:
     sid = session.execute(_STUDY_ID, {"name": study_name}).scalar()
     if sid is None:
         return study_summary(None)
-    by_state = {str(st).rsplit(".", 1)[-1].upper(): int(n) for st, n in session.execute(_COUNT_BY_STATE, {"sid": sid})}
-    config_failed = int(session.execute(_COUNT_CONFIG_FAILED, {"sid": sid, "v": json.dumps("config")}).scalar() or 0)
+    rows = session.execute(_COUNT_BY_STATE, {"sid": sid})
+    by_state = {str(st).rsplit(".", 1)[-1].upper(): int(n) for st, n in rows}
+    config_failed = int(
+        session.execute(_COUNT_CONFIG_FAILED, {"sid": sid, "v": json.dumps("config")}).scalar() or 0)
     counts = {
         "complete": by_state.get("COMPLETE", 0),
         "pruned": by_state.get("PRUNED", 0),
@@ -103,7 +107,8 @@ def load_trials(session: orm.Session, trial_ids: Sequence[int]) -> list[FrozenTr
     rows = (session.query(m.TrialModel)
             .options(orm.selectinload(m.TrialModel.params), orm.selectinload(m.TrialModel.values),
                      orm.selectinload(m.TrialModel.intermediate_values),
-                     orm.selectinload(m.TrialModel.user_attributes), orm.selectinload(m.TrialModel.system_attributes))
+                     orm.selectinload(m.TrialModel.user_attributes),
+                     orm.selectinload(m.TrialModel.system_attributes))
             .filter(m.TrialModel.trial_id.in_(list(trial_ids))).all())
     by_id: dict[int, FrozenTrial] = {int(t.trial_id): _frozen(t) for t in rows}
     return [by_id[i] for i in trial_ids if i in by_id]

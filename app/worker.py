@@ -229,8 +229,8 @@ class Worker:
             return False
         log.info("job %s: trial slot claimed by %s", job_id, self.worker_id)
         try:
-            optimize(ctx.study, refreshing_first(ctx.objective, self.engine, job_id), n_trials=1, timeout_s=None,
-                     callbacks=[SummaryCallback(self.engine, job_id)])
+            optimize(ctx.study, refreshing_first(ctx.objective, self.engine, job_id), n_trials=1,
+                     timeout_s=None, callbacks=[SummaryCallback(self.engine, job_id)])
         except StopRequested:
             release_slot(self.engine, job_id=job_id)
             try_refresh(self.engine, job_id)

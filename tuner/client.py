@@ -107,7 +107,8 @@ class Client:
         """Every trial of the job in number order (all pages)."""
         out: list[dict[str, Any]] = []
         while True:
-            page = self._json("GET", f"/jobs/{job_id}/trials", params={"limit": page_size, "offset": len(out)})
+            params = {"limit": page_size, "offset": len(out)}
+            page = self._json("GET", f"/jobs/{job_id}/trials", params=params)
             out.extend(page["items"])
             if not page["items"] or len(out) >= page["total"]:
                 return out
@@ -117,7 +118,7 @@ class Client:
 
     # ---------------------------------------------------------------------------------- results
     def result(self, job_id: str) -> dict[str, Any]:
-        """The result bundle (``GET /jobs/{id}/result``): best params, scores, test metrics, seeds, versions."""
+        """The result bundle (``GET /jobs/{id}/result``): best params, scores, test metrics, seeds..."""
         return self._json("GET", f"/jobs/{job_id}/result")
 
     def download_model(self, job_id: str, path: str | os.PathLike[str]) -> Path:
@@ -135,7 +136,9 @@ class Client:
         tmp.replace(target)
         return target
 
-    def predict(self, job_id: str, rows: Sequence[Sequence[Any]] | Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    def predict(
+        self, job_id: str, rows: Sequence[Sequence[Any]] | Sequence[Mapping[str, Any]]
+    ) -> dict[str, Any]:
         """Predictions of the best model for ``rows`` (lists of feature values, or dicts by column name)."""
         return self._json("POST", f"/jobs/{job_id}/predict", json={"rows": [
             dict(r) if isinstance(r, Mapping) else list(r) for r in rows]})
@@ -143,7 +146,7 @@ class Client:
     # --------------------------------------------------------------------------------- datasets
     def upload(self, path: str | os.PathLike[str], *, target: str | None = None, task: str | None = None,
                allow_nan: bool = False) -> dict[str, Any]:
-        """Upload a CSV, Parquet or NPZ file; returns the data set (use its ``id`` in a spec's ``dataset``)."""
+        """Upload a CSV, Parquet or NPZ file; returns the data set (its ``id`` goes in a spec)."""
         p = Path(path)
         form: dict[str, Any] = {"allow_nan": str(allow_nan).lower()}
         if target is not None:
@@ -179,7 +182,8 @@ def _error(r: httpx.Response) -> TuneserveError:
         errors = [str(d.get("msg", d)) if isinstance(d, dict) else str(d) for d in detail]
     else:
         errors = [str(detail or r.reason_phrase)]
-    return TuneserveError(f"HTTP {r.status_code}: " + "; ".join(errors), status_code=r.status_code, errors=errors)
+    message = f"HTTP {r.status_code}: " + "; ".join(errors)
+    return TuneserveError(message, status_code=r.status_code, errors=errors)
 
 
 def _read_spec(path: Path) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The client's commands of the ``tuner`` CLI: ``submit``, ``jobs``, ``status``, ``watch``, ``cancel``, ``result``.
+"""The ``tuner`` CLI's client commands: ``submit``, ``jobs``, ``status``, ``watch``, ``cancel``, ``result``.
 
 A thin layer on :class:`tuner.client.Client`; the server's address comes from ``--url`` or ``TUNER_URL``,
 its key from ``--api-key`` or ``TUNER_API_KEY``. ``--watch`` draws a live progress bar with rich (fed by
@@ -97,7 +97,8 @@ def _cmd_submit(args: argparse.Namespace) -> int:
             return EXIT_BAD_SPEC
         print(job["id"])
         sys.stdout.flush()
-        print(f"submitted job {job['id']} ({job['name']}, {job['n_trials']} trials) to {c.url}", file=sys.stderr)
+        print(f"submitted job {job['id']} ({job['name']}, {job['n_trials']} trials) to {c.url}",
+              file=sys.stderr)
         return _watch(c, job["id"]) if args.watch else 0
 
 
@@ -168,7 +169,8 @@ def _watch(c: Any, job_id: str) -> int:
     )
 
     columns = [TextColumn("{task.description}"), BarColumn(bar_width=12), MofNCompleteColumn(),
-               TextColumn("{task.fields[counts]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
+               TextColumn("{task.fields[counts]}"), TimeElapsedColumn(), TextColumn("ETA"),
+               TimeRemainingColumn()]
     job: dict[str, Any] = {}
     with Progress(*columns, console=Console(stderr=True)) as bar:
         task = bar.add_task("", total=None, counts="")
@@ -194,7 +196,8 @@ def _summary(job: dict[str, Any]) -> int:
     out = Console()
     status = job["status"]
     if status != "succeeded":
-        out.print(f"job {job['id']} {status}" + (f": {job['error']}" if job.get("error") else ""), markup=False)
+        reason = f": {job['error']}" if job.get("error") else ""
+        out.print(f"job {job['id']} {status}{reason}", markup=False)
         return EXIT_CANCELLED if status == "cancelled" else EXIT_FAILED
     best = job["best_trial"] or {}
     table = Table(title=f"best trial #{best.get('number')}", show_header=True)

@@ -1,8 +1,9 @@
 """The job summary on the job row: what ``GET /jobs/{id}`` answers from, with one primary-key read.
 
 The worker calls :func:`refresh_summary` at the start (:func:`refreshing_first`) and end of every trial
-(:class:`SummaryCallback`, an Optuna callback) and after every status change. It recounts the study with the aggregate SQL of
-:mod:`app.studies` and writes counts, best trial and model path on the row, bumping ``version``.
+(:class:`SummaryCallback`, an Optuna callback) and after every status change. It recounts the study with
+the aggregate SQL of :mod:`app.studies` and writes counts, best trial and model path on the row, bumping
+``version``.
 Counting and writing happen in one write transaction that first locks the job row, so of two workers
 refreshing at once the later one always writes counts that include the earlier one's trial.
 """
@@ -23,7 +24,8 @@ from app.db import session_scope
 from app.models import Job, utcnow
 from app.studies import read_summary
 
-__all__ = ["SummaryCallback", "bump_version", "job_etag", "refresh_summary", "refreshing_first", "try_refresh"]
+__all__ = ["SummaryCallback", "bump_version", "job_etag", "refresh_summary", "refreshing_first",
+           "try_refresh"]
 
 log = logging.getLogger(__name__)
 

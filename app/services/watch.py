@@ -36,7 +36,7 @@ class _Watch:
 
 
 class JobWatcher:
-    """``await watcher.wait_changed(job_id, etag, timeout)``: True once the job's ETag differs from ``etag``."""
+    """``await watcher.wait_changed(job_id, etag, timeout)``: True once the job's ETag is not ``etag``."""
 
     def __init__(self, engine: Engine, *, interval: float = 0.25) -> None:
         self.engine, self.interval = engine, interval
@@ -90,7 +90,8 @@ class JobWatcher:
         self.polls += 1
         query = sa.select(Job.id, Job.version, Job.status, Job.cancel_requested).where(Job.id.in_(ids))
         with self.engine.connect() as conn:
-            return {r.id: job_etag(r.id, r.version, r.status, r.cancel_requested) for r in conn.execute(query)}
+            rows = conn.execute(query).all()
+        return {r.id: job_etag(r.id, r.version, r.status, r.cancel_requested) for r in rows}
 
 
 def watcher_for(state: Any, engine: Engine) -> JobWatcher:

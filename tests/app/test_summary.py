@@ -18,8 +18,8 @@ def _job(settings, job_id) -> Job:
 
 
 def test_summary_matches_the_study_after_every_trial(settings, spec_dict):
-    spec = spec_dict(budget={"n_trials": 4, "max_epochs": 3}, pruner={"kind": "median", "n_startup_trials": 1},
-                     sampler={"kind": "random", "seed": 3})
+    spec = spec_dict(budget={"n_trials": 4, "max_epochs": 3}, sampler={"kind": "random", "seed": 3},
+                     pruner={"kind": "median", "n_startup_trials": 1})
     with session_scope(get_engine(settings.database_url), write=True) as s:
         job_id = create_job(s, JobSpec.model_validate(spec)).id
     w = Worker(settings)

@@ -122,12 +122,13 @@ def test_the_client_imports_no_server_code() -> None:
     import subprocess
     import sys
 
-    code = "import sys, tuner.client, tuner.client_cli, tuner.cli; sys.exit(any(m.split('.')[0] == 'app' for m in sys.modules))"
+    code = ("import sys, tuner.client, tuner.client_cli, tuner.cli\n"
+            "sys.exit(any(m.split('.')[0] == 'app' for m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
 def test_watch_without_etags_polls_gently(monkeypatch: pytest.MonkeyPatch) -> None:
-    """An older server ignores ?wait and sends no ETag: the client sleeps between polls instead of spinning."""
+    """An older server ignores ?wait and sends no ETag: the client sleeps between polls, never spins."""
     sleeps: list[float] = []
     monkeypatch.setattr("tuner.client.time.sleep", sleeps.append)
     answers = iter([JOB, JOB, JOB, {**JOB, "status": "failed"}])

@@ -36,7 +36,8 @@ def _brief(detail: dict[str, Any]) -> dict[str, Any]:
 
 @router.get("/{job_id}/events", response_class=EventSourceResponse)
 async def job_events(
-    job_id: str, engine: EngineDep, watcher: WatcherDep, first: Annotated[service.JobRead, Depends(_first_read)]
+    job_id: str, engine: EngineDep, watcher: WatcherDep,
+    first: Annotated[service.JobRead, Depends(_first_read)],
 ) -> AsyncIterator[ServerSentEvent]:
     """A ``progress`` event at once and after every change (status, counts, best trial: the job without its
     spec), ``best`` when the best trial changes, then ``finished`` (the final job) and the stream ends.

@@ -32,7 +32,7 @@ def upgrade() -> None:
 
 
 def _backfill_counts() -> None:
-    """Counts for jobs submitted before this revision (their next trial or status change refreshes the rest)."""
+    """Counts for jobs submitted before this revision (their next trial or status change does the rest)."""
     conn = op.get_bind()
     if not sa.inspect(conn).has_table("trials"):
         return
