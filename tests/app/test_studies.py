@@ -70,3 +70,31 @@ def test_trial_page_equals_the_per_trial_path(settings: Settings) -> None:
     assert repr([trial_dict(t) for t in page]) == repr([trial_dict(t) for t in old])
     page, _ = trial_page(storage, "b", limit=2, offset=3)
     assert repr(page) == repr(old[3:5])
+
+
+def test_trial_page_reads_in_a_bounded_number_of_queries(settings: Settings) -> None:
+    import sqlalchemy as sa
+
+    storage = make_storage(settings.database_url)
+    study = optuna.create_study(storage=storage, study_name="q")
+    for i in range(12):
+        trial = study.ask({"x": optuna.distributions.IntDistribution(0, 20)})
+        trial.set_user_attr("curve", [i])
+        trial.report(float(i), 0)
+        study.tell(trial, float(i))
+    statements: list[str] = []
+
+    def record(_conn, _cursor, statement, *_args) -> None:  # type: ignore[no-untyped-def]
+        statements.append(statement)
+
+    counts = []
+    for limit in (1, 12):
+        statements.clear()
+        sa.event.listen(storage.engine, "before_cursor_execute", record)
+        try:
+            page, _ = trial_page(storage, "q", limit=limit, offset=0)
+        finally:
+            sa.event.remove(storage.engine, "before_cursor_execute", record)
+        assert len(page) == limit
+        counts.append(sum(st.lstrip().upper().startswith("SELECT") for st in statements))
+    assert counts[0] == counts[1] <= 9  # study id, total, page ids, trials, then 5 batched child tables
