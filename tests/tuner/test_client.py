@@ -139,3 +139,23 @@ def test_watch_without_etags_polls_gently(monkeypatch: pytest.MonkeyPatch) -> No
     with _client(handler) as c:
         assert c.wait("j1")["status"] == "failed"
     assert sleeps == [1.0, 1.0, 1.0]
+
+
+def test_cli_jobs_and_cancel_on_a_mocked_server(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """``tuner jobs`` / ``tuner cancel`` (the live test covers submit --watch and status)."""
+    from tuner import client as client_mod
+    from tuner.cli import main
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        if req.url.path == "/jobs":
+            item = {**JOB, "created_at": "2026-11-23T08:48:01Z"}
+            return httpx.Response(200, json={"items": [item], "total": 1, "limit": 20, "offset": 0})
+        return httpx.Response(409, json={"detail": "job j1 is succeeded and cannot be cancelled"})
+
+    real = client_mod.Client.__init__
+    monkeypatch.setattr(client_mod.Client, "__init__", lambda self, url, api_key=None: real(
+        self, url, api_key, transport=httpx.MockTransport(handler)))
+    assert main(["jobs", "--url", "http://tuner.test"]) == 0
+    assert "j1" in capsys.readouterr().out
+    assert main(["cancel", "j1", "--url", "http://tuner.test"]) == 1
+    assert "cannot be cancelled" in capsys.readouterr().err
