@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from app.api.errors import install_error_handlers, responses
-from app.api.routes import datasets, health, jobs
+from app.api.routes import datasets, health, job_events, jobs
 from app.api.routes import results as results_routes
 from app.core.config import Settings, get_settings
 from app.db import get_engine, make_storage
@@ -98,4 +98,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(results_routes.router)
     app.include_router(datasets.router)
+    app.include_router(job_events.router)
     return app

@@ -156,3 +156,8 @@ class SlotRelease(Base):
     )
     trial_id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=False)
     released_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The summary GET /jobs/{id} answers from (written by app/services/summary.py; migration 0003).
+    version: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
+    progress: Mapped[dict[str, Any] | None] = mapped_column()
+    model_path: Mapped[str | None] = mapped_column(sa.String(1024))
+    updated_at: Mapped[datetime | None] = mapped_column()

@@ -78,6 +78,8 @@ class JobPublic(JobSummary):
     test_metrics: dict[str, Any] | None
     model_path: str | None = None
     spec: dict[str, Any]
+    version: int = 0  # grows with every change of the job (trial end, status, cancel); part of the ETag
+    updated_at: datetime | None = None  # last change of that summary
 
 
 class TrialPublic(BaseModel):

@@ -20,6 +20,7 @@ import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import optuna
@@ -31,6 +32,7 @@ from app.core.config import Settings
 from app.db import get_engine, make_storage, release_slot, session_scope
 from app.liveness import count_failure, reap_dead_workers, set_phase, unregister_worker, worker_beat
 from app.models import Dataset, Job, JobStatus, utcnow
+from app.services.summary import SummaryCallback, refreshing_first, try_refresh
 from tuner.data import PreparedData, prepare_data
 from tuner.errors import StopRequested
 from tuner.limits import configure as configure_limits
@@ -205,6 +207,7 @@ class Worker:
                     deadline=now + timedelta(seconds=float(timeout)) if timeout else None,
                 )
             )
+        try_refresh(self.engine, job_id)
 
     def _claim(self, job_id: str) -> bool:
         with session_scope(self.engine, write=True) as s:
@@ -288,11 +291,12 @@ class Worker:
         if not self._claim(job_id):
             return False
         log.info("job %s: trial slot claimed by %s", job_id, self.worker_id)
-        tracked = _TrackedObjective(ctx.objective)
+        tracked = _TrackedObjective(refreshing_first(ctx.objective, self.engine, job_id))
         try:
-            optimize(ctx.study, tracked, n_trials=1, timeout_s=None)
+            optimize(ctx.study, tracked, n_trials=1, timeout_s=None, callbacks=[SummaryCallback(self.engine, job_id)])
         except StopRequested:
             self._give_back(job_id, ctx, tracked.trial_id)
+            try_refresh(self.engine, job_id)
             self._settle(job_id, ctx)  # cancelled once no trial of it runs any more
             return True
         except _INFRA_ERRORS:
@@ -350,6 +354,7 @@ class Worker:
                                                         JobStatus.finalizing.value]))
                 .values(status=JobStatus.failed.value, error=message[:10_000], finished_at=utcnow())
             )
+        try_refresh(self.engine, job_id)
         self._jobs.pop(job_id, None)
 
     # -------------------------------------------------------------------------- end of the job
@@ -381,6 +386,7 @@ class Worker:
                 sa.update(Job).where(Job.id == job_id, Job.status == JobStatus.running.value)
                 .values(status=JobStatus.cancelled.value, finished_at=utcnow())
             )
+        try_refresh(self.engine, job_id)
         self._jobs.pop(job_id, None)
 
     def _finalize(self, job: Job, ctx: _JobContext | None) -> None:
@@ -392,6 +398,7 @@ class Worker:
             )
             if res.rowcount != 1:  # type: ignore[attr-defined]
                 return  # another worker finalises (or the job was cancelled)
+        try_refresh(self.engine, job.id)
         log.info("job %s: finalising (%s)", job.id, self.worker_id)
         set_phase(self.engine, self.worker_id, job.id, "finalizing")
         done = threading.Event()
@@ -417,6 +424,7 @@ class Worker:
                     .values(status=JobStatus.succeeded.value, test_metrics=_jsonable(metrics),
                             best_trial=_jsonable(result["best_trial"]), finished_at=utcnow(), heartbeat_at=None)
                 )
+            try_refresh(self.engine, job.id)
             log.info("job %s succeeded: %s", job.id, metrics)
         except _INFRA_ERRORS:
             raise  # left in `finalizing`; recovered (and counted) after the grace period
@@ -534,7 +542,7 @@ class _JobFailed(Exception):
 class _TrackedObjective:
     """The objective, remembering which trial it ran (so its slot is released by trial id)."""
 
-    def __init__(self, objective: Objective) -> None:
+    def __init__(self, objective: Callable[[optuna.Trial], float]) -> None:
         self.objective = objective
         self.trial_id: int | None = None
         self.trial_number: int | None = None

@@ -4,8 +4,10 @@ The service on SQLite (the ``make run`` set-up: API + one worker process with on
 long digits MLP job; once it has some finished trials, an open-loop load generator in this process
 (plain asyncio streams over loopback, 64 keep-alive connections, requests due on a fixed schedule
 whether or not earlier ones have answered) sends ``GET /jobs/{id}`` at the target rate for a bounded time; then the same for ``GET /healthz``
-(no database: the framework's floor), side by side in the same run. Latency is measured from each
-request's scheduled send time (so a stalled server cannot hide queueing). Target: p99 < 50 ms at 200 req/s.
+(no database: the framework's floor), and ``GET /jobs/{id}`` with ``If-None-Match`` (a poller whose copy is
+current: ``304``), side by side in the same run. Latency is measured from each request's scheduled send time
+(so a stalled server cannot hide queueing). Target: p99 < 50 ms at 200 req/s, and a 304 cheaper than a 200
+(sequential requests, 200 and 304 alternating).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
     lines = head.decode("latin-1").split("\r\n")
     status = int(lines[0].split()[1])
     length = next((int(ln.split(":", 1)[1]) for ln in lines if ln.lower().startswith("content-length:")), None)
+    if status in (204, 304):
+        return status  # no body
     if length is None:
         raise ValueError("response without content-length")
     await reader.readexactly(length)
@@ -31,13 +35,13 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
 
 
 async def _load(port: int, path: str, rate: float, duration: float, *, connections: int = 64,
-                timeout: float = 10.0) -> dict[str, Any]:
+                timeout: float = 10.0, headers: str = "", ok: tuple[int, ...] = (200,)) -> dict[str, Any]:
     """Open loop: request i is due at t0 + i/rate; each of ``connections`` keep-alive connections takes the
     next due request when free (so a slow server makes requests wait, and that wait is counted). A request
     that could not even be sent within ``timeout`` of its due time is dropped and counted as an error, which
     keeps the run bounded."""
     n = int(rate * duration)
-    request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: keep-alive\r\n\r\n".encode()
+    request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: keep-alive\r\n{headers}\r\n".encode()
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(n):
         queue.put_nowait(i)
@@ -77,7 +81,7 @@ async def _load(port: int, path: str, rate: float, duration: float, *, connectio
                     writer.close()
                 reader = writer = None
                 continue
-            if status != 200:
+            if status not in ok:
                 errors.append(f"HTTP {status}")
                 continue
             lat_sched.append(done - due)
@@ -156,10 +160,36 @@ def main() -> None:
         }
         print(f"  sequential GET /jobs/{{id}}: p50 {results['GET /jobs/{id}, sequential (1 client)']['p50_ms']:.1f} ms",
               flush=True)
-        for label, path in (("GET /jobs/{id}", f"/jobs/{job_id}"), ("GET /healthz", "/healthz")):
+        # 200 versus 304: sequential, alternating, so both see the same server and machine state.
+        lat200: list[float] = []
+        lat304: list[float] = []
+        t_end = time.perf_counter() + (2.0 if args.quick else 5.0)
+        while time.perf_counter() < t_end:
+            t0 = time.perf_counter()
+            r = svc.client.get(f"/jobs/{job_id}")
+            lat200.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            r304 = svc.client.get(f"/jobs/{job_id}", headers={"If-None-Match": r.headers["etag"]})
+            if r304.status_code == 304:
+                lat304.append(time.perf_counter() - t0)
+        for label, lat_ in (("GET /jobs/{id} 200, alternating with 304", lat200),
+                            ("GET /jobs/{id} 304 (If-None-Match), alternating", lat304)):
+            results[label] = {
+                "target_rate": None, "achieved_rps": len(lat_) / sum(lat_), "ok": len(lat_), "errors": 0,
+                "p50_ms": 1000 * percentile(lat_, 50), "p90_ms": 1000 * percentile(lat_, 90),  # type: ignore[operator]
+                "p99_ms": 1000 * percentile(lat_, 99), "max_ms": 1000 * max(lat_),  # type: ignore[operator]
+                "trials_in_study_after": svc.job(job_id)["progress"].get("counted"),
+            }
+        etag = svc.client.get(f"/jobs/{job_id}").headers["etag"]
+        for label, path, hdr, ok in (
+            ("GET /jobs/{id}", f"/jobs/{job_id}", "", (200,)),
+            ("GET /jobs/{id}, If-None-Match (304 until a trial ends)", f"/jobs/{job_id}",
+             f"If-None-Match: {etag}\r\n", (200, 304)),
+            ("GET /healthz", "/healthz", "", (200,)),
+        ):
             _drain(svc)
             load0 = os.getloadavg()[0]
-            res = asyncio.run(_load(svc.port, path, rate, duration))
+            res = asyncio.run(_load(svc.port, path, rate, duration, headers=hdr, ok=ok))
             res["loadavg_1m_before"] = load0
             j = svc.job(job_id)
             res["job_status_after"] = j["status"]
@@ -183,13 +213,17 @@ def main() -> None:
     met = bool(job["p99_ms"] is not None and job["p99_ms"] < 50 and job["errors"] == 0
                and job["achieved_rps"] is not None and job["achieved_rps"] >= 0.95 * rate)
     print(f"\ntarget p99 < 50 ms at {rate:g} req/s: p99 {job['p99_ms']:.1f} ms -> {'met' if met else 'MISSED'}")
+    p200 = results["GET /jobs/{id} 200, alternating with 304"]["p50_ms"]
+    p304 = results["GET /jobs/{id} 304 (If-None-Match), alternating"]["p50_ms"]
+    print(f"304 vs 200 (sequential p50): {p304:.2f} ms vs {p200:.2f} ms -> {'cheaper' if p304 < p200 else 'NOT cheaper'}")
     write_result("api_load", {
         "status": "ok",
         "config": {"backend": args.backend, "rate": rate, "duration_s": duration, "worker_threads": args.threads,
                    "job": "digits MLP example, 1000 trials, 30 epochs (cancelled afterwards)",
                    "job_was_training_throughout": trained, "client": "asyncio streams, open loop, 64 keep-alive connections, loopback"},
         "results": results,
-        "target": {"p99_ms": job["p99_ms"], "threshold_ms": 50, "rate": rate, "met": met},
+        "target": {"p99_ms": job["p99_ms"], "threshold_ms": 50, "rate": rate, "met": met,
+                   "p50_ms_200": p200, "p50_ms_304": p304, "304_cheaper": p304 < p200},
     }, quick=args.quick, no_write=args.no_write)
 
 

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tuner.client_cli import add_client_commands
+
 __all__ = ["EXIT_BAD_SPEC", "EXIT_INTERRUPTED", "build_parser", "main"]
 
 EXIT_BAD_SPEC = 2
@@ -38,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rescore-test", action="store_true",
                    help="score a resumed run's new best trial on the test set although an earlier one was scored")
     p.set_defaults(func=_cmd_run)
+    add_client_commands(sub)  # submit, jobs, status, watch, cancel, result (tuner/client_cli.py)
     return parser
 
 

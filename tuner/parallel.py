@@ -108,8 +108,6 @@ def _worker_main(
 
     optuna.logging.set_verbosity(logging.WARNING)
     torch.set_num_threads(threads)
-    if data is None:  # spawned: prepare again (deterministic by split.seed)
-        data = prepare_data(spec)
     # Each process its own sampler seed (spec seed, process index, trials so far): no duplicate proposals.
     study = open_study(spec, storage.open(), study_name, worker_id=None if index == 0 else f"jobs-{index}")
     objective = Objective(spec, data, device=device, worker_id=f"{socket.gethostname()}:{os.getpid()}",

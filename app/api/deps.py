@@ -12,8 +12,9 @@ from sqlalchemy.orm import Session
 
 from app.core.config import Settings
 from app.db import session_scope
+from app.services.watch import JobWatcher, watcher_for
 
-__all__ = ["EngineDep", "SessionDep", "SettingsDep", "StorageDep", "WriteSessionDep"]
+__all__ = ["EngineDep", "SessionDep", "SettingsDep", "StorageDep", "WatcherDep", "WriteSessionDep"]
 
 
 def get_settings(request: Request) -> Settings:
@@ -43,3 +44,10 @@ EngineDep = Annotated[Engine, Depends(get_engine)]
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 WriteSessionDep = Annotated[Session, Depends(get_write_session, scope="function")]  # commit before the reply
 StorageDep = Annotated[optuna.storages.BaseStorage, Depends(get_storage)]
+
+
+async def get_watcher(request: Request) -> JobWatcher:
+    return watcher_for(request.app.state, request.app.state.engine)
+
+
+WatcherDep = Annotated[JobWatcher, Depends(get_watcher)]  # long-poll and SSE wait here, not on the database

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import optuna
 import sqlalchemy as sa
@@ -14,13 +14,14 @@ from sqlalchemy.orm import Session
 
 from app.errors import Conflict, FieldErrors, NotFound, field_error
 from app.liveness import live_workers
-from app.models import Dataset, Job, JobStatus, SlotRelease, utcnow
-from app.studies import progress_summary
+from app.models import FINISHED_STATUSES, Dataset, Job, JobStatus, SlotRelease, utcnow
+from app.services.summary import bump_version, job_etag
 from tuner.spec import JobSpec, memory_errors, objective_errors
 
 PATH_REFUSED = "dataset.path: server file paths are not accepted; upload the file with POST /datasets"
 
-__all__ = ["PATH_REFUSED", "cancel_job", "create_job", "delete_job", "get_job", "job_detail", "list_jobs"]
+__all__ = ["PATH_REFUSED", "cancel_job", "create_job", "delete_job", "get_job", "job_detail", "list_jobs",
+           "read_job"]
 
 
 def create_job(session: Session, spec: JobSpec) -> Job:
@@ -82,19 +83,42 @@ def list_jobs(session: Session, *, status: JobStatus | None, limit: int, offset:
     return list(rows), int(session.scalar(count) or 0)
 
 
-def job_detail(job: Job, storage: optuna.storages.BaseStorage) -> dict[str, Any]:
-    """The job row plus progress and best trial from its study (stored results once finished)."""
-    summary = progress_summary(storage, job.study_name)
-    counts = summary["counts"]
+def job_detail(job: Job, storage: optuna.storages.BaseStorage | None = None) -> dict[str, Any]:
+    """The job row with its summary (progress, best trial, test metrics once finished): no study query.
+
+    The worker keeps the summary up to date (:mod:`app.services.summary`); ``storage`` is not used.
+    """
     return {
         **{c: getattr(job, c) for c in (
             "id", "name", "status", "dataset_id", "n_trials", "cancel_requested", "created_at", "started_at",
-            "finished_at", "error", "study_name", "deadline", "spec")},
-        "progress": {"n_trials": job.n_trials, **counts},
-        "best_trial": job.best_trial or summary["best_trial"],
-        "test_metrics": job.test_metrics or summary["test_metrics"],
-        "model_path": summary["model_path"],
+            "finished_at", "error", "study_name", "deadline", "spec", "best_trial", "test_metrics", "model_path",
+            "version", "updated_at")},
+        "progress": {"n_trials": job.n_trials, **(job.progress or {})},
     }
+
+
+class JobRead(NamedTuple):
+    etag: str
+    detail: dict[str, Any] | None  # None: the caller's If-None-Match matched (304)
+    finished: bool
+
+
+def read_job(session: Session, job_id: str, *, if_none_match: str | None = None) -> JobRead:
+    """``GET /jobs/{id}``: one primary-key read; the detail only when the caller's ETag is stale."""
+    job = get_job(session, job_id)
+    etag = job_etag(job.id, job.version, job.status, job.cancel_requested)
+    finished = job.status in FINISHED_STATUSES
+    if etag_matches(if_none_match, etag):
+        return JobRead(etag, None, finished)
+    return JobRead(etag, job_detail(job), finished)
+
+
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """RFC 9110 weak comparison of an ``If-None-Match`` header (a list, or ``*``) with ``etag``."""
+    if not if_none_match:
+        return False
+    tags = [t.strip().removeprefix("W/") for t in if_none_match.split(",")]
+    return "*" in tags or etag in tags
 
 
 def cancel_job(
@@ -110,7 +134,7 @@ def cancel_job(
     now = utcnow()
     res = session.execute(
         sa.update(Job).where(Job.id == job_id, Job.status == JobStatus.queued.value)
-        .values(status=JobStatus.cancelled.value, cancel_requested=True, finished_at=now)
+        .values(status=JobStatus.cancelled.value, cancel_requested=True, finished_at=now, **bump_version())
     )
     if res.rowcount == 1:  # type: ignore[attr-defined]
         session.refresh(job)
@@ -119,7 +143,8 @@ def cancel_job(
     if force or live_workers(session, grace_period) == 0:
         res = session.execute(
             sa.update(Job).where(Job.id == job_id, Job.status.in_(active))
-            .values(status=JobStatus.cancelled.value, cancel_requested=True, finished_at=now, heartbeat_at=None)
+            .values(status=JobStatus.cancelled.value, cancel_requested=True, finished_at=now, heartbeat_at=None,
+                    **bump_version())
         )
         if res.rowcount == 1:  # type: ignore[attr-defined]
             session.commit()  # before Optuna writes: on SQLite our open write transaction would block it
@@ -130,7 +155,7 @@ def cancel_job(
     else:
         res = session.execute(
             sa.update(Job).where(Job.id == job_id, Job.status == JobStatus.running.value)
-            .values(cancel_requested=True)
+            .values(cancel_requested=True, **bump_version())
         )
         if res.rowcount == 1:  # type: ignore[attr-defined]
             session.refresh(job)

@@ -45,3 +45,56 @@ def test_trial_page_matches_slicing_the_full_list(settings: Settings) -> None:
         assert total == 7
         assert [(t.number, t.params, t.value) for t in page] == [
             (t.number, t.params, t.value) for t in full[offset : offset + limit]]
+
+
+def test_trial_page_equals_the_per_trial_path(settings: Settings) -> None:
+    """The batched page is what ``storage.get_trial`` gives trial by trial (every table, every state)."""
+    from app.studies import trial_dict
+
+    storage = make_storage(settings.database_url)
+    study = optuna.create_study(storage=storage, study_name="b", direction="maximize")
+    dists = {"x": optuna.distributions.FloatDistribution(0.0, 1.0),
+             "k": optuna.distributions.CategoricalDistribution(["a", "b"])}
+    states = [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.COMPLETE, TrialState.RUNNING,
+              TrialState.WAITING, TrialState.COMPLETE]
+    for i, state in enumerate(states):
+        study.add_trial(optuna.trial.create_trial(
+            state=state, value={0: 0.5, 3: float("inf"), 6: -1.0}.get(i), params={"x": 0.1 * i, "k": "ab"[i % 2]},
+            distributions=dists, user_attrs={"best_epoch": i, "val_curve": [0.1 * j for j in range(i)]},
+            system_attrs={"failure": "config"} if state == TrialState.FAIL else {"interrupted": i == 1},
+            intermediate_values={j: (float("nan") if j == 2 else 0.1 * j) for j in range(i)},
+        ))
+    old = [storage.get_trial(t._trial_id) for t in study.get_trials()]
+    page, total = trial_page(storage, "b", limit=100, offset=0)
+    assert total == len(states) and repr(page) == repr(old)  # repr: NaN != NaN
+    assert repr([trial_dict(t) for t in page]) == repr([trial_dict(t) for t in old])
+    page, _ = trial_page(storage, "b", limit=2, offset=3)
+    assert repr(page) == repr(old[3:5])
+
+
+def test_trial_page_reads_in_a_bounded_number_of_queries(settings: Settings) -> None:
+    import sqlalchemy as sa
+
+    storage = make_storage(settings.database_url)
+    study = optuna.create_study(storage=storage, study_name="q")
+    for i in range(12):
+        trial = study.ask({"x": optuna.distributions.IntDistribution(0, 20)})
+        trial.set_user_attr("curve", [i])
+        trial.report(float(i), 0)
+        study.tell(trial, float(i))
+    statements: list[str] = []
+
+    def record(_conn, _cursor, statement, *_args) -> None:  # type: ignore[no-untyped-def]
+        statements.append(statement)
+
+    counts = []
+    for limit in (1, 12):
+        statements.clear()
+        sa.event.listen(storage.engine, "before_cursor_execute", record)
+        try:
+            page, _ = trial_page(storage, "q", limit=limit, offset=0)
+        finally:
+            sa.event.remove(storage.engine, "before_cursor_execute", record)
+        assert len(page) == limit
+        counts.append(sum(st.lstrip().upper().startswith("SELECT") for st in statements))
+    assert counts[0] == counts[1] <= 9  # study id, total, page ids, trials, then 5 batched child tables

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Header, Query, Response, status
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy.engine import Engine
 
-from app.api.deps import SessionDep, SettingsDep, StorageDep, WriteSessionDep
+from app.api.deps import EngineDep, SessionDep, SettingsDep, StorageDep, WatcherDep, WriteSessionDep
 from app.api.errors import responses
+from app.db import session_scope
 from app.models import JobStatus
 from app.schemas import JobPublic, JobSummary, Page, TrialPublic
 from app.services import jobs as service
@@ -21,12 +24,12 @@ OffsetQ = Annotated[int, Query(ge=0, le=1_000_000_000)]
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=JobPublic)
-def submit_job(spec: JobSpec, session: WriteSessionDep, storage: StorageDep, response: Response) -> dict[str, Any]:
+def submit_job(spec: JobSpec, session: WriteSessionDep, response: Response) -> dict[str, Any]:
     """Queue a tuning job. The body is the job spec (see ``examples/``); the data set is a builtin one
     or an upload (``{"dataset": {"id": ...}}``), never a server path."""
     job = service.create_job(session, spec)
     response.headers["Location"] = f"/jobs/{job.id}"
-    return service.job_detail(job, storage)
+    return service.job_detail(job)
 
 
 @router.get("", response_model=Page[JobSummary])
@@ -38,10 +41,34 @@ def list_jobs(
     return {"items": items, "total": total, "limit": limit, "offset": offset}
 
 
-@router.get("/{job_id}", response_model=JobPublic)
-def read_job(job_id: str, session: SessionDep, storage: StorageDep) -> dict[str, Any]:
-    """Status, progress, best trial so far, test metrics once finished."""
-    return service.job_detail(service.get_job(session, job_id), storage)
+WaitQ = Annotated[float | None, Query(ge=0, le=60, description=(
+    "long-poll: with If-None-Match, answer as soon as the job changes, or after this many seconds (304)"))]
+
+
+@router.get("/{job_id}", response_model=JobPublic,
+            responses={304: {"description": "Not modified: the job's ETag equals If-None-Match"}})
+async def read_job(
+    job_id: str, engine: EngineDep, watcher: WatcherDep, response: Response, wait: WaitQ = None,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Any:
+    """Status, progress, best trial so far, test metrics once finished, from the summary on the job row.
+
+    Send the ``ETag`` back as ``If-None-Match``: ``304`` while nothing changed; with ``?wait=S`` the answer
+    comes as soon as the job changes (or ``304`` after S seconds). Waiting holds no database connection.
+    """
+    got = await run_in_threadpool(_read_job, engine, job_id, if_none_match)
+    if got.detail is None and wait and not got.finished:
+        await watcher.wait_changed(job_id, got.etag, wait)
+        got = await run_in_threadpool(_read_job, engine, job_id, if_none_match)
+    if got.detail is None:
+        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": got.etag})
+    response.headers["ETag"] = got.etag
+    return got.detail
+
+
+def _read_job(engine: Engine, job_id: str, if_none_match: str | None) -> service.JobRead:
+    with session_scope(engine) as session:
+        return service.read_job(session, job_id, if_none_match=if_none_match)
 
 
 @router.get("/{job_id}/trials", response_model=Page[TrialPublic])
@@ -64,7 +91,7 @@ def cancel_job(
     """Queued: cancelled at once. Running: stops at the next epoch boundary; cancelled at once when no worker
     is alive (no heartbeat for the grace period) or with ``force``. Finished: 409."""
     job = service.cancel_job(session, job_id, storage=storage, grace_period=settings.grace_period, force=force)
-    return service.job_detail(job, storage)
+    return service.job_detail(job)
 
 
 @router.delete("/{job_id}", status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,61 @@
+"""``GET /jobs/{id}/events``: server-sent events while a job runs (``progress``, ``best``, ``finished``)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends
+from fastapi.concurrency import run_in_threadpool
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+from sqlalchemy.engine import Engine
+
+from app.api.deps import EngineDep, WatcherDep
+from app.db import session_scope
+from app.errors import NotFound
+from app.services import jobs as service
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+WAIT_S = 30.0  # one wait on the watcher; FastAPI sends keep-alive comments meanwhile
+
+
+def _read(engine: Engine, job_id: str) -> service.JobRead:
+    with session_scope(engine) as session:
+        return service.read_job(session, job_id)
+
+
+async def _first_read(job_id: str, engine: EngineDep) -> service.JobRead:
+    """Read before the stream starts, so an unknown job is a plain 404."""
+    return await run_in_threadpool(_read, engine, job_id)
+
+
+def _brief(detail: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in detail.items() if k != "spec"}
+
+
+@router.get("/{job_id}/events", response_class=EventSourceResponse)
+async def job_events(
+    job_id: str, engine: EngineDep, watcher: WatcherDep,
+    first: Annotated[service.JobRead, Depends(_first_read)],
+) -> AsyncIterator[ServerSentEvent]:
+    """A ``progress`` event at once and after every change (status, counts, best trial: the job without its
+    spec), ``best`` when the best trial changes, then ``finished`` (the final job) and the stream ends.
+    Between changes the connection holds no database connection and no thread."""
+    got, best = first, None
+    while True:
+        detail = got.detail
+        assert detail is not None
+        yield ServerSentEvent(event="progress", id=got.etag, data=_brief(detail))
+        if detail["best_trial"] is not None and detail["best_trial"] != best:
+            best = detail["best_trial"]
+            yield ServerSentEvent(event="best", id=got.etag, data=best)
+        if got.finished:
+            yield ServerSentEvent(event="finished", id=got.etag, data=_brief(detail))
+            return
+        while not await watcher.wait_changed(job_id, got.etag, WAIT_S):
+            pass
+        try:
+            got = await run_in_threadpool(_read, engine, job_id)
+        except NotFound:
+            return  # deleted meanwhile
