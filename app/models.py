@@ -126,6 +126,11 @@ class Job(Base):
     # How many worker processes opened the job's study: the first (0) seeds its sampler exactly as
     # `tuner run` does (reproducible from the result bundle), later ones get their own seeds.
     study_openers: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
+    # The summary GET /jobs/{id} answers from (written by app/services/summary.py; migration 0003).
+    version: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
+    progress: Mapped[dict[str, Any] | None] = mapped_column()
+    model_path: Mapped[str | None] = mapped_column(sa.String(1024))
+    updated_at: Mapped[datetime | None] = mapped_column()
 
 
 class WorkerRow(Base):
@@ -156,8 +161,3 @@ class SlotRelease(Base):
     )
     trial_id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=False)
     released_at: Mapped[datetime] = mapped_column(default=utcnow)
-    # The summary GET /jobs/{id} answers from (written by app/services/summary.py; migration 0003).
-    version: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
-    progress: Mapped[dict[str, Any] | None] = mapped_column()
-    model_path: Mapped[str | None] = mapped_column(sa.String(1024))
-    updated_at: Mapped[datetime | None] = mapped_column()

@@ -65,6 +65,13 @@ def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {c: ERROR_RESPONSES[c] for c in codes}
 
 
+def json_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """:func:`responses` for a route whose success is not JSON (SSE): errors are still JSON."""
+    ref = {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}
+    return {c: {"description": ERROR_RESPONSES[c]["description"], "content": {"application/json": ref}}
+            for c in (*codes, 400, 500, 503)}
+
+
 # ------------------------------------------------------------------------------------------ body limit
 class BodyTooLarge(HTTPException):
     """Raised from ``receive`` as soon as a body passes its limit (an HTTPException, so FastAPI re-raises it)."""

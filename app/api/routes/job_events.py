@@ -11,11 +11,12 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from sqlalchemy.engine import Engine
 
 from app.api.deps import EngineDep, WatcherDep
+from app.api.errors import json_responses
 from app.db import session_scope
 from app.errors import NotFound
 from app.services import jobs as service
 
-router = APIRouter(prefix="/jobs", tags=["jobs"])
+router = APIRouter(prefix="/jobs", tags=["jobs"], responses=json_responses(404, 409, 413, 422))
 
 WAIT_S = 30.0  # one wait on the watcher; FastAPI sends keep-alive comments meanwhile
 

@@ -13,12 +13,13 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from app.api.deps import SessionDep, SettingsDep, StorageDep
+from app.api.errors import responses
 from app.errors import PayloadTooLarge, field_error
 from app.schemas import Predictions, PredictRequest, ResultBundle
 from app.services import predict as predict_service
 from app.services import results as results_service
 
-router = APIRouter(prefix="/jobs", tags=["results"])
+router = APIRouter(prefix="/jobs", tags=["results"], responses=responses(404, 409, 413, 422))
 
 _PREDICT_BODY = {
     "requestBody": {
