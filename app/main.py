@@ -10,7 +10,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from app.api.auth import AUTHENTICATED
 from app.api.routes import datasets, health, jobs
+from app.api.security import install_security
 from app.core.config import Settings, get_settings
 from app.db import get_engine, make_storage
 from app.errors import DomainError
@@ -66,14 +68,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="tuneserve",
         version="0.1.0",
         description="Hyperparameter tuning for PyTorch models: submit a job spec, poll its trials and results.",
+        dependencies=[AUTHENTICATED],  # every route needs a principal (but /healthz, /readyz): see app/api/auth.py
     )
+    install_security(app, settings)
     app.state.settings = settings
     app.state.engine = get_engine(settings.database_url)
     app.state.storage = _LazyStorage(settings.database_url)
 
     @app.exception_handler(DomainError)
     async def _domain_error(_request: Request, exc: DomainError) -> JSONResponse:
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from app.errors import Conflict, FieldErrors, NotFound, field_error
 from app.models import Dataset, Job, JobStatus, utcnow
+from app.services.tenancy import Principal, can_see, owned
 from app.studies import progress_summary
 from tuner.spec import JobSpec, objective_errors
 
@@ -21,15 +22,17 @@ PATH_REFUSED = "dataset.path: server file paths are not accepted; upload the fil
 __all__ = ["PATH_REFUSED", "cancel_job", "create_job", "delete_job", "get_job", "job_detail", "list_jobs"]
 
 
-def create_job(session: Session, spec: JobSpec) -> Job:
-    """Check what only the service knows (uploads, no server paths), store the resolved spec, queue it."""
+def create_job(session: Session, spec: JobSpec, *, principal: Principal) -> Job:
+    """Check what only the service knows (uploads, no server paths), store the resolved spec, queue it.
+
+    The job belongs to the principal's tenant and may use only that tenant's uploads."""
     ds = spec.dataset
     dataset: Dataset | None = None
     if ds.path is not None:
         raise FieldErrors([(["body", "dataset", "path"], PATH_REFUSED)])
     if ds.id is not None:
         dataset = session.get(Dataset, ds.id)
-        if dataset is None:
+        if dataset is None or not can_see(dataset, principal):
             raise field_error(["body", "dataset", "id"], "no such dataset")
         errors: list[tuple[list[str | int], str]] = []
         if ds.target is not None and dataset.target is not None and ds.target != dataset.target:
@@ -56,22 +59,28 @@ def create_job(session: Session, spec: JobSpec) -> Job:
         trials_claimed=0,
         cancel_requested=False,
         created_at=utcnow(),
+        tenant=principal.tenant,
     )
     session.add(job)
     session.flush()
     return job
 
 
-def get_job(session: Session, job_id: str) -> Job:
+def get_job(session: Session, job_id: str, *, principal: Principal) -> Job:
+    """The job, if ``principal`` may see it; another tenant's job is 404 exactly like a missing one.
+
+    ``principal`` is a required keyword on purpose: every route that takes a job id loads it here."""
     job = session.get(Job, job_id)
-    if job is None:
+    if job is None or not can_see(job, principal):
         raise NotFound(f"no job with id {job_id}")
     return job
 
 
-def list_jobs(session: Session, *, status: JobStatus | None, limit: int, offset: int) -> tuple[list[Job], int]:
-    query = sa.select(Job)
-    count = sa.select(sa.func.count()).select_from(Job)
+def list_jobs(
+    session: Session, *, principal: Principal, status: JobStatus | None, limit: int, offset: int
+) -> tuple[list[Job], int]:
+    query = owned(sa.select(Job), Job, principal)
+    count = owned(sa.select(sa.func.count()).select_from(Job), Job, principal)
     if status is not None:
         query = query.where(Job.status == status.value)
         count = count.where(Job.status == status.value)
@@ -94,9 +103,9 @@ def job_detail(job: Job, storage: optuna.storages.BaseStorage) -> dict[str, Any]
     }
 
 
-def cancel_job(session: Session, job_id: str) -> Job:
+def cancel_job(session: Session, job_id: str, *, principal: Principal) -> Job:
     """Queued: cancelled now. Running: flagged; its workers stop at the next epoch boundary."""
-    job = get_job(session, job_id)
+    job = get_job(session, job_id, principal=principal)
     now = utcnow()
     res = session.execute(
         sa.update(Job).where(Job.id == job_id, Job.status == JobStatus.queued.value)
@@ -114,9 +123,11 @@ def cancel_job(session: Session, job_id: str) -> Job:
     return job
 
 
-def delete_job(session: Session, job_id: str, *, storage: optuna.storages.BaseStorage, artifacts_dir: Path) -> None:
+def delete_job(
+    session: Session, job_id: str, *, principal: Principal, storage: optuna.storages.BaseStorage, artifacts_dir: Path
+) -> None:
     """Remove the job, its study and its artifacts; refused while it runs or is being finalised."""
-    job = get_job(session, job_id)
+    job = get_job(session, job_id, principal=principal)
     res = session.execute(
         sa.delete(Job).where(Job.id == job_id, Job.status.not_in([JobStatus.running.value, JobStatus.finalizing.value]))
     )
