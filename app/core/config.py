@@ -33,7 +33,7 @@ class Settings(BaseSettings):
     poll_interval_s: float = Field(default=0.5, gt=0, description="how often an idle worker looks for work")
     # --- security (issue 13): API keys, tenants, quotas, hosts; see README "Security" ---------------------
     allowed_hosts: Annotated[list[str], NoDecode] = Field(
-        default=["localhost", "127.0.0.1", "::1", "testserver"],
+        default=["localhost", "127.0.0.1", "::1", "[::1]", "testserver"],
         description="Host header values accepted (TrustedHostMiddleware); comma-separated; '*' = any")
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default=[], description="origins allowed by CORS (comma-separated); none: no CORS headers at all")

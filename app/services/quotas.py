@@ -13,7 +13,7 @@ from app.errors import PayloadTooLarge, QuotaExceeded
 from app.models import Dataset, Job, JobStatus
 from app.services.tenancy import Principal
 
-__all__ = ["check_job", "upload_room"]
+__all__ = ["check_job", "upload_quota_error", "upload_room"]
 
 _WAITING = (JobStatus.queued.value, JobStatus.running.value)
 
@@ -43,8 +43,12 @@ def upload_room(session: Session, principal: Principal, settings: Settings, anno
         sa.select(sa.func.coalesce(sa.func.sum(Dataset.size_bytes), 0)).where(Dataset.tenant == principal.tenant)
     ) or 0)
     room = settings.quota_upload_bytes - used
-    if room <= 0 or (announced is not None and announced > room + 64 * 1024):
-        raise PayloadTooLarge(
-            f"tenant '{principal.tenant}' stores {used / 2**20:.1f} MiB of uploads; the quota is "
-            f"{settings.quota_upload_mb:g} MiB (TUNER_QUOTA_UPLOAD_MB): delete data sets first")
+    if room <= 0 or (announced is not None and announced > room + 4096):  # 4 KiB: multipart framing
+        raise upload_quota_error(principal, settings, used)
     return room
+
+
+def upload_quota_error(principal: Principal, settings: Settings, used: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"tenant '{principal.tenant}' stores {used / 2**20:.2f} MiB of uploads and this file does not fit in "
+        f"the quota of {settings.quota_upload_mb:g} MiB (TUNER_QUOTA_UPLOAD_MB): delete data sets first")

@@ -33,11 +33,16 @@ async def upload_dataset(
     if length and length.isdigit() and int(length) > settings.max_upload_bytes + 64 * 1024:
         raise PayloadTooLarge(f"the file is larger than the upload limit of {settings.max_upload_mb:g} MiB")
     room = quotas.upload_room(session, principal, settings, int(length) if length and length.isdigit() else None)
-    return await service.store_upload(
-        session, file=file, filename=file.filename or "upload", uploads_dir=settings.uploads_dir,
-        max_bytes=min(settings.max_upload_bytes, room), target=target or None, task=task, allow_nan=allow_nan,
-        principal=principal,
-    )
+    try:
+        return await service.store_upload(
+            session, file=file, filename=file.filename or "upload", uploads_dir=settings.uploads_dir,
+            max_bytes=min(settings.max_upload_bytes, room), target=target or None, task=task,
+            allow_nan=allow_nan, principal=principal,
+        )
+    except PayloadTooLarge:
+        if room < settings.max_upload_bytes:  # the tenant's quota, not the per-file limit, was hit
+            raise quotas.upload_quota_error(principal, settings, settings.quota_upload_bytes - room) from None
+        raise
 
 
 @router.get("", response_model=Page[DatasetPublic])
