@@ -7,6 +7,7 @@ SHA-256 is stored, so a lost key cannot be shown again: revoke it and create ano
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from typing import Any
 
@@ -46,8 +47,11 @@ def _create(args: argparse.Namespace) -> int:
     from app.db import session_scope
     from app.services import keys
 
-    if not args.tenant or len(args.tenant) > 64:
-        print("--tenant: 1 to 64 characters", file=sys.stderr)
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", args.tenant):
+        print("--tenant: 1 to 64 letters, digits, '.', '_' or '-'", file=sys.stderr)
+        return 2
+    if not 0 < len(args.name) <= 200:
+        print("NAME: 1 to 200 characters", file=sys.stderr)
         return 2
     with session_scope(_engine(), write=True) as s:
         key, token = keys.create_key(s, args.name, tenant=args.tenant, admin=args.admin)

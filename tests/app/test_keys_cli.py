@@ -42,6 +42,7 @@ def test_create_list_revoke(use_settings, capsys):
     with session_scope(get_engine(use_settings.database_url)) as s:
         assert keys.lookup(s, token) is None
     assert cli.main(["keys", "revoke", "no-such-id"]) == 1
+    assert cli.main(["keys", "create", "x", "--tenant", "a b"]) == 2
 
 
 def test_bootstrap_creates_one_admin_key_once(use_settings, capsys):
