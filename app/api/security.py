@@ -85,12 +85,19 @@ def serve_settings(settings: Settings, host: str, *, insecure: bool) -> tuple[Se
     On a non-loopback host with keys (and without ``--insecure``), ``require_keys`` is switched on so that
     revoking the last key closes the service instead of opening it to everyone.
     """
+    import sqlalchemy as sa
+
     from app.db import get_engine, session_scope
     from app.services.keys import any_active_key
 
-    with session_scope(get_engine(settings.database_url)) as session:
-        keys_exist = any_active_key(session)
+    if insecure or is_loopback(host):
+        return settings, None
+    try:
+        with session_scope(get_engine(settings.database_url)) as session:
+            keys_exist = any_active_key(session)
+    except sa.exc.SQLAlchemyError:
+        keys_exist = True  # cannot tell now: start, but closed (401) until a key is seen
     refusal = bind_refusal(host, insecure=insecure, keys_exist=keys_exist)
-    if refusal is None and keys_exist and not insecure and not is_loopback(host):
+    if refusal is None:
         settings = settings.model_copy(update={"require_keys": True})
     return settings, refusal
