@@ -26,8 +26,8 @@ from app.services import keys as key_service
 
 XRW = {"X-Requested-With": "tests"}
 
-# (method, path): {job} / {dataset} are replaced by the other tenant's ids. One line per route that takes one.
-ID_ROUTES: list[tuple[str, str]] = [
+# (method, path[, JSON body]): {job} / {dataset} become the other tenant's ids. One line per route that takes one.
+ID_ROUTES: list[tuple[str, str] | tuple[str, str, Any]] = [
     ("GET", "/jobs/{job}"),
     ("GET", "/jobs/{job}/trials"),
     ("POST", "/jobs/{job}/cancel"),
@@ -35,8 +35,8 @@ ID_ROUTES: list[tuple[str, str]] = [
     ("GET", "/datasets/{dataset}"),
     ("DELETE", "/datasets/{dataset}"),
     # routes merged from other branches, e.g.:
-    # ("GET", "/jobs/{job}/model"), ("POST", "/jobs/{job}/predict"), ("GET", "/jobs/{job}/result"),
-    # ("GET", "/jobs/{job}/plots/history"), ("GET", "/jobs/{job}/importance"), ("GET", "/jobs/{job}/events"),
+    # ("GET", "/jobs/{job}/model"), ("POST", "/jobs/{job}/predict", {"rows": [[1, 2, 3, 4]]}),
+    # ("GET", "/jobs/{job}/result"), ("GET", "/jobs/{job}/plots/history"), ("GET", "/jobs/{job}/events"),
 ]
 
 
@@ -178,17 +178,16 @@ def test_id_routes_table_covers_every_route_with_an_id(api):
         for m, p in api_routes(api.app) if "{job_id}" in p or "{dataset_id}" in p
     }
     assert len(taking_ids) >= 6
-    missing = taking_ids - set(ID_ROUTES)
+    missing = taking_ids - {(route[0], route[1]) for route in ID_ROUTES}
     assert not missing, f"add these routes to ID_ROUTES (cross-tenant 404 test): {sorted(missing)}"
 
 
-@pytest.mark.parametrize(("method", "path"), ID_ROUTES)
-def test_other_tenant_gets_404(api, make_key, spec_dict, iris_csv, method, path):
+@pytest.mark.parametrize("route", ID_ROUTES, ids=lambda r: f"{r[0]} {r[1]}")
+def test_other_tenant_gets_404(api, make_key, spec_dict, iris_csv, route):
+    method, path, body = (*route, {})[:3]
     a, b = make_key("a"), make_key("b")
     ids = _owned(api, a, spec_dict, iris_csv)
-    url = path.format(**ids)
-    r = api.request(method, url, headers={**bearer(b), "Content-Type": "application/json"},
-                    content=b"{}" if method == "POST" else None)
+    r = api.request(method, path.format(**ids), headers=bearer(b), json=body if method in ("POST", "PUT") else None)
     assert r.status_code == 404, r.text
     # still there and unchanged for its owner
     assert api.get(f"/jobs/{ids['job']}", headers=bearer(a)).json()["status"] == "queued"
