@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from app.keys_cli import register as register_keys
+
 __all__ = ["build_parser", "main"]
 
 log = logging.getLogger("app")
@@ -30,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="embedded worker processes (default: TUNER_EMBEDDED_WORKERS or 1; 0 = API only)")
     p.add_argument("--no-migrate", action="store_true", help="do not upgrade the database at start")
+    p.add_argument("--insecure", action="store_true",
+                   help="allow a non-loopback --host while no API key exists (anyone reaching the port may act)")
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("worker", help="run a standalone worker", description="Run trials of queued jobs.")
@@ -41,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("migrate", help="upgrade the database schema to the latest revision")
     p.set_defaults(func=_cmd_migrate)
+    register_keys(sub)
     return parser
 
 
@@ -174,8 +179,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     _setup_logging()
     settings = get_settings()
+    host = args.host or settings.host
+    if args.insecure:
+        log.warning("INSECURE: --insecure given; without API keys anyone who can reach %s may use the service", host)
     if not args.no_migrate:
         upgrade(settings.database_url)
+    from app.api.security import serve_settings
+
+    settings, refusal = serve_settings(settings, host, insecure=args.insecure)
+    if refusal:
+        print(refusal, file=sys.stderr)
+        return 2
     n = args.workers if args.workers is not None else settings.embedded_workers
     if n < 0:
         print("--workers: must be at least 0", file=sys.stderr)

@@ -9,11 +9,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["Conflict", "DomainError", "FieldErrors", "NotFound", "NotReady", "PayloadTooLarge", "field_error"]
+__all__ = ["Conflict", "DomainError", "FieldErrors", "NotFound", "NotReady", "PayloadTooLarge", "QuotaExceeded",
+           "field_error"]
 
 
 class DomainError(Exception):
     status_code = 400
+    headers: dict[str, str] | None = None
 
     def __init__(self, detail: str | list[dict[str, Any]]) -> None:
         super().__init__(detail if isinstance(detail, str) else "; ".join(d["msg"] for d in detail))
@@ -30,6 +32,16 @@ class Conflict(DomainError):
 
 class PayloadTooLarge(DomainError):
     status_code = 413
+
+
+class QuotaExceeded(DomainError):
+    """429: a tenant's quota is used up; ``Retry-After`` says when to ask again."""
+
+    status_code = 429
+
+    def __init__(self, detail: str, *, retry_after_s: int) -> None:
+        super().__init__(detail)
+        self.headers = {"Retry-After": str(retry_after_s)}
 
 
 class NotReady(DomainError):

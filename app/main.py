@@ -10,9 +10,11 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from app.api.auth import AUTHENTICATED
 from app.api.errors import install_error_handlers, responses
 from app.api.routes import datasets, health, job_events, jobs
 from app.api.routes import results as results_routes
+from app.api.security import install_security
 from app.core.config import Settings, get_settings
 from app.db import get_engine, make_storage
 from app.errors import DomainError
@@ -70,18 +72,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description="Hyperparameter tuning for PyTorch models: submit a job spec, poll its trials and results.",
         responses=responses(400, 500, 503),
+        dependencies=[AUTHENTICATED],  # every route needs a principal (but /healthz, /readyz): see app/api/auth.py
     )
     limits.configure(settings.limits())
     install_error_handlers(app, default_body_limit=(settings.max_json_bytes, 0), body_limits={
         ("POST", "/datasets"): (settings.max_upload_bytes, 64 * 1024),  # the file plus the multipart framing
     })
+    install_security(app, settings)
     app.state.settings = settings
     app.state.engine = get_engine(settings.database_url)
     app.state.storage = _LazyStorage(settings.database_url)
 
     @app.exception_handler(DomainError)
     async def _domain_error(_request: Request, exc: DomainError) -> JSONResponse:
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -14,7 +14,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
-    "ACTIVE_STATUSES", "FINISHED_STATUSES", "Base", "Dataset", "Job", "JobStatus", "SlotRelease", "WorkerRow", "utcnow",
+    "ACTIVE_STATUSES", "DEFAULT_TENANT", "FINISHED_STATUSES", "ApiKey", "Base", "Dataset", "Job", "JobStatus",
+    "SlotRelease", "WorkerRow", "utcnow",
 ]
 
 NAMING_CONVENTION = {
@@ -59,6 +60,9 @@ class Base(DeclarativeBase):
     type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: sa.JSON, list[Any]: sa.JSON}  # noqa: RUF012
 
 
+DEFAULT_TENANT = "default"  # owner of everything made without a key (and of rows older than tenants)
+
+
 class JobStatus(enum.StrEnum):
     queued = "queued"
     running = "running"
@@ -91,6 +95,8 @@ class Dataset(Base):
     class_counts: Mapped[dict[str, Any] | None] = mapped_column()
     missing_values: Mapped[int] = mapped_column(sa.Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    tenant: Mapped[str] = mapped_column(sa.String(64), default=DEFAULT_TENANT, server_default=DEFAULT_TENANT,
+                                        index=True)
 
 
 class Job(Base):
@@ -132,6 +138,10 @@ class Job(Base):
     model_path: Mapped[str | None] = mapped_column(sa.String(1024))
     updated_at: Mapped[datetime | None] = mapped_column()
 
+    tenant: Mapped[str] = mapped_column(sa.String(64), default=DEFAULT_TENANT, server_default=DEFAULT_TENANT,
+                                        index=True)
+    last_claim_at: Mapped[datetime | None] = mapped_column()  # fair share: tenants least recently served first
+
 
 class WorkerRow(Base):
     """A live worker process: written at start, every ``worker_heartbeat_s``, removed at a clean stop.
@@ -161,3 +171,18 @@ class SlotRelease(Base):
     )
     trial_id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=False)
     released_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApiKey(Base):
+    """An API key: only its SHA-256 is stored; ``prefix`` (its first characters) identifies it in lists."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(sa.String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(sa.String(200))
+    tenant: Mapped[str] = mapped_column(sa.String(64), default=DEFAULT_TENANT)
+    is_admin: Mapped[bool] = mapped_column(sa.Boolean, default=False)
+    key_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(sa.String(16))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column()

@@ -17,10 +17,10 @@ import socket
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 import optuna
@@ -179,17 +179,28 @@ class Worker:
 
     # --------------------------------------------------------------------------------- job choice
     def _candidates(self) -> list[str]:
+        """Jobs with trials left, fairest first: round-robin across tenants, then across a tenant's jobs.
+
+        The tenant served least recently (its latest ``last_claim_at``, never served first) goes first,
+        and within it the job claimed least recently; so one tenant's big job cannot starve the others.
+        """
         now = utcnow()
+        served = sa.func.max(Job.last_claim_at).over(partition_by=Job.tenant)
+        open_jobs = (
+            sa.select(Job.id, Job.created_at, Job.last_claim_at, served.label("tenant_served"))
+            .where(
+                Job.status.in_([JobStatus.queued.value, JobStatus.running.value]),
+                Job.cancel_requested.is_(False),
+                Job.trials_claimed < Job.n_trials,
+                sa.or_(Job.deadline.is_(None), Job.deadline > now),
+            )
+            .subquery()
+        )
+        c = open_jobs.c
         with session_scope(self.engine) as s:
             return list(s.scalars(
-                sa.select(Job.id)
-                .where(
-                    Job.status.in_([JobStatus.queued.value, JobStatus.running.value]),
-                    Job.cancel_requested.is_(False),
-                    Job.trials_claimed < Job.n_trials,
-                    sa.or_(Job.deadline.is_(None), Job.deadline > now),
-                )
-                .order_by(Job.created_at, Job.id)
+                sa.select(c.id)
+                .order_by(c.tenant_served.nulls_first(), c.last_claim_at.nulls_first(), c.created_at, c.id)
                 .limit(8)
             ))
 
@@ -220,7 +231,7 @@ class Worker:
                     Job.trials_claimed < Job.n_trials,
                     sa.or_(Job.deadline.is_(None), Job.deadline > utcnow()),
                 )
-                .values(trials_claimed=Job.trials_claimed + 1)
+                .values(trials_claimed=Job.trials_claimed + 1, last_claim_at=utcnow())
             )
             return bool(res.rowcount == 1)  # type: ignore[attr-defined]
 

@@ -114,7 +114,7 @@ class Service:
              "--workers", "0", "--no-migrate"],
             cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
         )
-        self.client = httpx.Client(base_url=self.base_url, timeout=60)
+        self.client = httpx.Client(base_url=self.base_url, timeout=60, headers={"X-Requested-With": "bench"})
         deadline = time.monotonic() + 60
         while True:
             try:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from tuner.limits import Limits
 
@@ -82,6 +82,32 @@ class Settings(BaseSettings):
             max_cells=self.max_cells,
         )
     predict_max_rows: int = Field(default=10_000, ge=1, description="rows per POST /jobs/{id}/predict request")
+
+    # --- security (issue 13): API keys, tenants, quotas, hosts; see README "Security" ---------------------
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default=["localhost", "127.0.0.1", "::1", "[::1]", "testserver"],
+        description="Host header values accepted (TrustedHostMiddleware); comma-separated; '*' = any")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default=[], description="origins allowed by CORS (comma-separated); none: no CORS headers at all")
+    require_keys: bool = Field(default=False, description="refuse every request (401) while no API key exists")
+    admin_key: str | None = Field(default=None, description="`tuner keys bootstrap` stores this admin key")
+    auth_cache_s: float = Field(default=3.0, ge=0, description="how long key look-ups are cached, seconds")
+    quota_active_jobs: int = Field(default=100, ge=1, description="queued+running jobs per tenant")
+    quota_queued_trials: int = Field(default=100_000, ge=1, description="trials not yet started per tenant")
+    quota_upload_mb: float = Field(default=10_240, gt=0, description="upload bytes stored per tenant, MiB")
+    quota_retry_after_s: int = Field(default=30, ge=1, description="Retry-After of a 429 (quota)")
+
+    @field_validator("allowed_hosts", "cors_origins", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @property
+    def quota_upload_bytes(self) -> int:
+        return int(self.quota_upload_mb * 1024 * 1024)
+    # --- end of security settings ------------------------------------------------------------------------
 
     @property
     def is_sqlite(self) -> bool:

@@ -22,11 +22,12 @@ from sqlalchemy.orm import Session
 from app.db import session_scope
 from app.errors import Conflict, FieldErrors, NotFound, PayloadTooLarge, field_error
 from app.models import Dataset, Job, JobStatus
+from app.services.tenancy import Principal, can_see, owned
 from tuner.data import infer_task, load_dataset
 from tuner.limits import current as current_limits
 from tuner.spec import DatasetSpec, SpecError
 
-__all__ = ["FORMATS", "MAX_CATEGORIES", "delete_dataset", "get_dataset", "store_upload"]
+__all__ = ["FORMATS", "MAX_CATEGORIES", "delete_dataset", "get_dataset", "list_datasets", "store_upload"]
 
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".npz": "npz"}
 MAX_CATEGORIES = 1000  # distinct values a non-numeric feature may have (it is one-hot encoded)
@@ -133,8 +134,10 @@ def store_upload(
     target: str | None,
     task: str | None,
     allow_nan: bool,
+    principal: Principal,
 ) -> Dataset:
-    """Save and validate an upload, then record it in a short write transaction of its own."""
+    """Save and validate an upload for the principal's tenant, then record it in a short write transaction
+    of its own."""
     suffix = Path(filename).suffix.lower()
     fmt = FORMATS.get(suffix)
     if fmt is None:
@@ -149,7 +152,7 @@ def store_upload(
         os.replace(tmp, final)
         dataset = Dataset(
             id=ds_id, filename=Path(filename).name[:255], path=str(final.resolve()), format=fmt,
-            size_bytes=size, sha256=sha, **summary,
+            size_bytes=size, sha256=sha, tenant=principal.tenant, **summary,
         )
         with session_scope(engine, write=True) as session:
             session.add(dataset)
@@ -160,15 +163,26 @@ def store_upload(
     return dataset
 
 
-def get_dataset(session: Session, dataset_id: str) -> Dataset:
+def get_dataset(session: Session, dataset_id: str, *, principal: Principal) -> Dataset:
+    """The data set, if ``principal`` may see it (another tenant's is 404 like a missing one)."""
     ds = session.get(Dataset, dataset_id)
-    if ds is None:
+    if ds is None or not can_see(ds, principal):
         raise NotFound(f"no dataset with id {dataset_id}")
     return ds
 
 
-def delete_dataset(session: Session, dataset_id: str) -> None:
-    ds = get_dataset(session, dataset_id)
+def list_datasets(session: Session, *, principal: Principal, limit: int, offset: int) -> tuple[list[Dataset], int]:
+    """The principal's data sets, newest first, and how many there are."""
+    rows = session.scalars(
+        owned(sa.select(Dataset), Dataset, principal)
+        .order_by(Dataset.created_at.desc(), Dataset.id.desc()).limit(limit).offset(offset)
+    ).all()
+    total = session.scalar(owned(sa.select(sa.func.count()).select_from(Dataset), Dataset, principal)) or 0
+    return list(rows), int(total)
+
+
+def delete_dataset(session: Session, dataset_id: str, *, principal: Principal) -> None:
+    ds = get_dataset(session, dataset_id, principal=principal)
     active = session.scalar(
         sa.select(sa.func.count()).select_from(Job).where(
             Job.dataset_id == ds.id,

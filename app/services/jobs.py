@@ -16,6 +16,7 @@ from app.errors import Conflict, FieldErrors, NotFound, field_error
 from app.liveness import live_workers
 from app.models import FINISHED_STATUSES, Dataset, Job, JobStatus, SlotRelease, utcnow
 from app.services.summary import bump_version, job_etag
+from app.services.tenancy import Principal, can_see, owned
 from tuner.spec import JobSpec, memory_errors, objective_errors
 
 PATH_REFUSED = "dataset.path: server file paths are not accepted; upload the file with POST /datasets"
@@ -24,15 +25,17 @@ __all__ = ["PATH_REFUSED", "cancel_job", "create_job", "delete_job", "get_job", 
            "read_job"]
 
 
-def create_job(session: Session, spec: JobSpec) -> Job:
-    """Check what only the service knows (uploads, no server paths), store the resolved spec, queue it."""
+def create_job(session: Session, spec: JobSpec, *, principal: Principal) -> Job:
+    """Check what only the service knows (uploads, no server paths), store the resolved spec, queue it.
+
+    The job belongs to the principal's tenant and may use only that tenant's uploads."""
     ds = spec.dataset
     dataset: Dataset | None = None
     if ds.path is not None:
         raise FieldErrors([(["body", "dataset", "path"], PATH_REFUSED)])
     if ds.id is not None:
         dataset = session.get(Dataset, ds.id)
-        if dataset is None:
+        if dataset is None or not can_see(dataset, principal):
             raise field_error(["body", "dataset", "id"], "no such dataset")
         errors: list[tuple[list[str | int], str]] = []
         if ds.target is not None and dataset.target is not None and ds.target != dataset.target:
@@ -60,22 +63,28 @@ def create_job(session: Session, spec: JobSpec) -> Job:
         trials_claimed=0,
         cancel_requested=False,
         created_at=utcnow(),
+        tenant=principal.tenant,
     )
     session.add(job)
     session.flush()
     return job
 
 
-def get_job(session: Session, job_id: str) -> Job:
+def get_job(session: Session, job_id: str, *, principal: Principal) -> Job:
+    """The job, if ``principal`` may see it; another tenant's job is 404 exactly like a missing one.
+
+    ``principal`` is a required keyword on purpose: every route that takes a job id loads it here."""
     job = session.get(Job, job_id)
-    if job is None:
+    if job is None or not can_see(job, principal):
         raise NotFound(f"no job with id {job_id}")
     return job
 
 
-def list_jobs(session: Session, *, status: JobStatus | None, limit: int, offset: int) -> tuple[list[Job], int]:
-    query = sa.select(Job)
-    count = sa.select(sa.func.count()).select_from(Job)
+def list_jobs(
+    session: Session, *, principal: Principal, status: JobStatus | None, limit: int, offset: int
+) -> tuple[list[Job], int]:
+    query = owned(sa.select(Job), Job, principal)
+    count = owned(sa.select(sa.func.count()).select_from(Job), Job, principal)
     if status is not None:
         query = query.where(Job.status == status.value)
         count = count.where(Job.status == status.value)
@@ -103,9 +112,9 @@ class JobRead(NamedTuple):
     finished: bool
 
 
-def read_job(session: Session, job_id: str, *, if_none_match: str | None = None) -> JobRead:
+def read_job(session: Session, job_id: str, *, principal: Principal, if_none_match: str | None = None) -> JobRead:
     """``GET /jobs/{id}``: one primary-key read; the detail only when the caller's ETag is stale."""
-    job = get_job(session, job_id)
+    job = get_job(session, job_id, principal=principal)
     etag = job_etag(job.id, job.version, job.status, job.cancel_requested)
     finished = job.status in FINISHED_STATUSES
     if etag_matches(if_none_match, etag):
@@ -122,7 +131,7 @@ def etag_matches(if_none_match: str | None, etag: str) -> bool:
 
 
 def cancel_job(
-    session: Session, job_id: str, *, storage: optuna.storages.BaseStorage | None = None,
+    session: Session, job_id: str, *, principal: Principal, storage: optuna.storages.BaseStorage | None = None,
     grace_period: float = 30, force: bool = False,
 ) -> Job:
     """Queued: cancelled now. Running: flagged; its workers stop at the next epoch boundary.
@@ -130,7 +139,7 @@ def cancel_job(
     With ``force``, or when no worker has written a heartbeat for ``grace_period`` (nobody would act on the
     flag), a running or finalising job is cancelled at once and its running trials are marked failed.
     """
-    job = get_job(session, job_id)
+    job = get_job(session, job_id, principal=principal)
     now = utcnow()
     res = session.execute(
         sa.update(Job).where(Job.id == job_id, Job.status == JobStatus.queued.value)
@@ -180,12 +189,12 @@ def _fail_running_trials(storage: optuna.storages.BaseStorage, study_name: str) 
 
 
 def delete_job(
-    session: Session, job_id: str, *, storage: optuna.storages.BaseStorage, artifacts_dir: Path,
-    grace_period: float = 30, force: bool = False,
+    session: Session, job_id: str, *, principal: Principal, storage: optuna.storages.BaseStorage,
+    artifacts_dir: Path, grace_period: float = 30, force: bool = False,
 ) -> None:
     """Remove the job, its study and its artifacts; refused while it runs or is being finalised by a live
     worker (``force`` deletes it anyway; with no live worker it is deleted at once)."""
-    job = get_job(session, job_id)
+    job = get_job(session, job_id, principal=principal)
     query = sa.delete(Job).where(Job.id == job_id)
     if not force and live_workers(session, grace_period) > 0:
         query = query.where(Job.status.not_in([JobStatus.running.value, JobStatus.finalizing.value]))

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from app.errors import Conflict, FieldErrors, PayloadTooLarge, field_error
 from app.models import Job, JobStatus
 from app.services.jobs import get_job
+from app.services.tenancy import Principal
 from tuner.artifacts import LoadedModel, load_model
 from tuner.predict import InputError
 
@@ -35,10 +36,10 @@ def _study_attrs(storage: optuna.storages.BaseStorage, study_name: str) -> dict[
         return {}
 
 
-def model_file(session: Session, job_id: str, *, storage: optuna.storages.BaseStorage, artifacts_dir: Path
-               ) -> tuple[Job, Path]:
+def model_file(session: Session, job_id: str, *, principal: Principal, storage: optuna.storages.BaseStorage,
+               artifacts_dir: Path) -> tuple[Job, Path]:
     """The job and its best model's file; 404 for an unknown job, 409 until it has one."""
-    job = get_job(session, job_id)
+    job = get_job(session, job_id, principal=principal)
     if job.status != JobStatus.succeeded:
         raise Conflict(f"job {job_id} is {job.status}; its model is available once it has succeeded")
     stored = _study_attrs(storage, job.study_name).get("model_path")
@@ -92,6 +93,7 @@ def predict(
     session: Session,
     job_id: str,
     *,
+    principal: Principal,
     storage: optuna.storages.BaseStorage,
     artifacts_dir: Path,
     max_rows: int,
@@ -99,7 +101,7 @@ def predict(
     frame: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
     """Predictions of the job's best model for JSON ``rows`` or a ``frame`` (an uploaded file)."""
-    job, path = model_file(session, job_id, storage=storage, artifacts_dir=artifacts_dir)
+    job, path = model_file(session, job_id, principal=principal, storage=storage, artifacts_dir=artifacts_dir)
     where = "rows" if frame is None else "file"
     n = len(rows) if rows is not None else len(frame) if frame is not None else 0
     if n == 0:

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from app.errors import Conflict
 from app.models import FINISHED_STATUSES, Dataset, Job
 from app.services.jobs import get_job
+from app.services.tenancy import Principal
 from app.studies import load_study
 from tuner.data import load_dataset
 from tuner.provenance import dataset_fingerprint, package_versions, seeds, split_recipe
@@ -91,9 +92,11 @@ def _best(study: optuna.Study, spec: JobSpec, attrs: dict[str, Any]) -> tuple[Fr
     }
 
 
-def result_bundle(session: Session, job_id: str, *, storage: optuna.storages.BaseStorage) -> dict[str, Any]:
+def result_bundle(
+    session: Session, job_id: str, *, principal: Principal, storage: optuna.storages.BaseStorage
+) -> dict[str, Any]:
     """The bundle for ``GET /jobs/{id}/result`` (404 unknown job, 409 until it has finished)."""
-    job = get_job(session, job_id)
+    job = get_job(session, job_id, principal=principal)
     if job.status not in FINISHED_STATUSES:
         raise Conflict(f"job {job_id} is {job.status}; its result is ready once it has finished")
     try:

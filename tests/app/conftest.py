@@ -111,7 +111,8 @@ def settings(db_url: str, tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as c:
+    # X-Requested-With: what a well-behaved client sends (the cross-site POST guard, app/api/security.py)
+    with TestClient(create_app(settings), headers={"X-Requested-With": "tuneserve-tests"}) as c:
         yield c
 
 
@@ -199,7 +200,7 @@ class Server:
         raise AssertionError(f"server did not start:\n{self.log_path.read_text()[-3000:]}")
 
     def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=30)
+        return httpx.Client(base_url=self.url, timeout=30, headers={"X-Requested-With": "tuneserve-tests"})
 
     def kill(self) -> None:
         """SIGKILL the whole process group (API and workers), like a power cut."""

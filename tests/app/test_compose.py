@@ -48,6 +48,15 @@ def test_compose_config_valid():
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+def test_compose_api_is_local_and_gets_an_admin_key_first():
+    doc = yaml.safe_load(COMPOSE.read_text())
+    api, keys = doc["services"]["api"], doc["services"]["keys"]
+    assert all(str(p).startswith("127.0.0.1:") for p in api["ports"]), api["ports"]
+    assert keys["command"] == ["tuner", "keys", "bootstrap"]
+    assert keys["environment"]["TUNER_ADMIN_KEY"] == "${TUNER_ADMIN_KEY:-}"  # from .env, if set there
+    assert api["depends_on"]["keys"]["condition"] == "service_completed_successfully"
+
+
 def _service(doc: dict[str, Any], name: str) -> tuple[list[str], dict[str, str]]:
     svc = doc["services"][name]
     cmd = svc["command"]
@@ -61,10 +70,10 @@ def _service(doc: dict[str, Any], name: str) -> tuple[list[str], dict[str, str]]
 @pytest.mark.postgres
 def test_compose_services_run_natively_two_workers(tmp_path):
     doc = yaml.safe_load(COMPOSE.read_text())
-    (migrate_cmd, migrate_env), (api_cmd, api_env), (worker_cmd, worker_env) = (
-        _service(doc, n) for n in ("migrate", "api", "worker")
+    (migrate_cmd, migrate_env), (keys_cmd, keys_env), (api_cmd, api_env), (worker_cmd, worker_env) = (
+        _service(doc, n) for n in ("migrate", "keys", "api", "worker")
     )
-    assert migrate_cmd[0] == api_cmd[0] == worker_cmd[0] == "tuner"
+    assert migrate_cmd[0] == keys_cmd[0] == api_cmd[0] == worker_cmd[0] == "tuner"
 
     db_url, drop = _h.throwaway_db()
     venv_bin = str(Path(sys.executable).parent)
@@ -89,13 +98,21 @@ def test_compose_services_run_natively_two_workers(tmp_path):
             cwd=tmp_path,
         )
         assert r.returncode == 0, (r.stdout + r.stderr).decode()[-3000:]
+        # first start: the keys service prints a new admin key once (no TUNER_ADMIN_KEY in .env)
+        r = subprocess.run(keys_cmd, env={**outside, **keys_env, **overrides, "TUNER_ADMIN_KEY": ""},
+                           check=False, capture_output=True, timeout=120, cwd=tmp_path)
+        assert r.returncode == 0, (r.stdout + r.stderr).decode()[-3000:]
+        admin_key = r.stdout.decode().strip().splitlines()[-1]
+        assert admin_key.startswith("tsk_")
         api = cl.spawn(api_cmd, "api", {**api_env, **overrides})
         workers = [cl.spawn(worker_cmd, f"worker{i}", {**worker_env, **overrides}) for i in range(2)]
         cl.wait_ready(api)
         wids = {cl.wait_worker_started(w) for w in workers}
 
         n = 6
-        with httpx.Client(base_url=cl.url, timeout=30) as http:
+        with httpx.Client(base_url=cl.url, timeout=30) as anonymous:
+            assert anonymous.get("/jobs").status_code == 401  # a key exists: every request needs one
+        with httpx.Client(base_url=cl.url, timeout=30, headers={"Authorization": f"Bearer {admin_key}"}) as http:
             spec = _h.spec(name="compose", budget={"n_trials": n, "max_epochs": 4})
             job_id = http.post("/jobs", json=spec).json()["id"]
             job = _h.wait_job(http, job_id, lambda j: j["status"] in _h.FINISHED, timeout=150, logs=cl.logs)

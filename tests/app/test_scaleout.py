@@ -287,7 +287,7 @@ def test_cancel_with_two_workers(cluster):
             lambda j: j["progress"]["complete"] >= 1 and j["progress"]["running"] >= 1,
             logs=cl.logs,
         )
-        r = http.post(f"/jobs/{job_id}/cancel")
+        r = http.post(f"/jobs/{job_id}/cancel", headers={"X-Requested-With": "tests"})
         assert r.status_code == 200, r.text
         job = wait_job(http, job_id, lambda j: j["status"] in FINISHED, timeout=60, logs=cl.logs)
         assert job["status"] == "cancelled", job

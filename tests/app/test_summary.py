@@ -7,6 +7,7 @@ from app.db import get_engine, session_scope
 from app.models import Job
 from app.services.jobs import create_job
 from app.services.summary import refresh_summary
+from app.services.tenancy import ANONYMOUS
 from app.worker import Worker
 from tuner.runner import trial_counts
 from tuner.spec import JobSpec
@@ -21,7 +22,7 @@ def test_summary_matches_the_study_after_every_trial(settings, spec_dict):
     spec = spec_dict(budget={"n_trials": 4, "max_epochs": 3}, sampler={"kind": "random", "seed": 3},
                      pruner={"kind": "median", "n_startup_trials": 1})
     with session_scope(get_engine(settings.database_url), write=True) as s:
-        job_id = create_job(s, JobSpec.model_validate(spec)).id
+        job_id = create_job(s, JobSpec.model_validate(spec), principal=ANONYMOUS).id
     w = Worker(settings)
     versions, seen_trials = [_job(settings, job_id).version], 0
     for _ in range(12):
@@ -49,7 +50,7 @@ def test_summary_matches_the_study_after_every_trial(settings, spec_dict):
 def test_refresh_without_a_study_and_for_an_unknown_job(settings, spec_dict):
     engine = get_engine(settings.database_url)
     with session_scope(engine, write=True) as s:
-        job_id = create_job(s, JobSpec.model_validate(spec_dict())).id
+        job_id = create_job(s, JobSpec.model_validate(spec_dict()), principal=ANONYMOUS).id
     assert refresh_summary(engine, job_id) == 1
     assert refresh_summary(engine, job_id) == 2
     job = _job(settings, job_id)
@@ -79,7 +80,7 @@ def test_the_running_trial_shows_in_the_summary(settings, spec_dict, monkeypatch
     from tuner.objective import Objective
 
     with session_scope(get_engine(settings.database_url), write=True) as s:
-        job_id = create_job(s, JobSpec.model_validate(spec_dict(budget={"n_trials": 2}))).id
+        job_id = create_job(s, JobSpec.model_validate(spec_dict(budget={"n_trials": 2})), principal=ANONYMOUS).id
     seen: list[int] = []
     real = Objective.__call__
 

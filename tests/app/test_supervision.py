@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from app.db import get_engine, session_scope
 from app.models import Job, WorkerRow
 from app.services.jobs import create_job
+from app.services.tenancy import ANONYMOUS
 from tuner.spec import JobSpec
 
 pytestmark = pytest.mark.slow
@@ -127,7 +128,7 @@ def test_worker_killed_while_finalising_is_taken_over_and_scores_once(settings, 
     scores = tmp_path / "scores.txt"
     scores.touch()
     with session_scope(get_engine(settings.database_url), write=True) as s:
-        job_id = create_job(s, JobSpec.model_validate(spec_dict(budget={"n_trials": 2}))).id
+        job_id = create_job(s, JobSpec.model_validate(spec_dict(budget={"n_trials": 2})), principal=ANONYMOUS).id
     procs: list[subprocess.Popen[bytes]] = []
     try:
         for name, hang in (("a", "1"), ("b", "0")):
@@ -158,11 +159,11 @@ def test_poison_pill_does_not_kill_a_worker_process(settings, spec_dict, tmp_pat
     """A job whose start raises (timeout_s = 1e12 stored past the door) used to kill ``tuner worker``
     and, being the oldest queued job, every restarted one."""
     with session_scope(get_engine(settings.database_url), write=True) as s:
-        poison = create_job(s, JobSpec.model_validate(spec_dict(name="poison")))
+        poison = create_job(s, JobSpec.model_validate(spec_dict(name="poison")), principal=ANONYMOUS)
         poison.spec = {**poison.spec, "budget": {**poison.spec["budget"], "timeout_s": 1e12}}
         poison_id = poison.id
     with session_scope(get_engine(settings.database_url), write=True) as s:
-        good_id = create_job(s, JobSpec.model_validate(spec_dict(name="good", budget={"n_trials": 2}))).id
+        good_id = create_job(s, JobSpec.model_validate(spec_dict(name="good", budget={"n_trials": 2})), principal=ANONYMOUS).id
     log = tmp_path / "worker.log"
     with log.open("ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "app", "worker"], env=_env(settings), stdout=out,

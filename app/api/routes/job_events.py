@@ -10,25 +10,27 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from sqlalchemy.engine import Engine
 
+from app.api.auth import PrincipalDep
 from app.api.deps import EngineDep, WatcherDep
 from app.api.errors import json_responses
 from app.db import session_scope
 from app.errors import NotFound
 from app.services import jobs as service
+from app.services.tenancy import Principal
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses=json_responses(404, 409, 413, 422))
 
 WAIT_S = 30.0  # one wait on the watcher; FastAPI sends keep-alive comments meanwhile
 
 
-def _read(engine: Engine, job_id: str) -> service.JobRead:
+def _read(engine: Engine, job_id: str, principal: Principal) -> service.JobRead:
     with session_scope(engine) as session:
-        return service.read_job(session, job_id)
+        return service.read_job(session, job_id, principal=principal)
 
 
-async def _first_read(job_id: str, engine: EngineDep) -> service.JobRead:
-    """Read before the stream starts, so an unknown job is a plain 404."""
-    return await run_in_threadpool(_read, engine, job_id)
+async def _first_read(job_id: str, engine: EngineDep, principal: PrincipalDep) -> service.JobRead:
+    """Read before the stream starts, so an unknown job (or another tenant's) is a plain 404."""
+    return await run_in_threadpool(_read, engine, job_id, principal)
 
 
 def _brief(detail: dict[str, Any]) -> dict[str, Any]:
@@ -37,7 +39,7 @@ def _brief(detail: dict[str, Any]) -> dict[str, Any]:
 
 @router.get("/{job_id}/events", response_class=EventSourceResponse)
 async def job_events(
-    job_id: str, engine: EngineDep, watcher: WatcherDep,
+    job_id: str, engine: EngineDep, watcher: WatcherDep, principal: PrincipalDep,
     first: Annotated[service.JobRead, Depends(_first_read)],
 ) -> AsyncIterator[ServerSentEvent]:
     """A ``progress`` event at once and after every change (status, counts, best trial: the job without its
@@ -57,6 +59,6 @@ async def job_events(
         while not await watcher.wait_changed(job_id, got.etag, WAIT_S):
             pass
         try:
-            got = await run_in_threadpool(_read, engine, job_id)
+            got = await run_in_threadpool(_read, engine, job_id, principal)
         except NotFound:
             return  # deleted meanwhile

@@ -8,12 +8,15 @@ from fastapi import APIRouter, Header, Query, Response, status
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.engine import Engine
 
+from app.api.auth import PrincipalDep
 from app.api.deps import EngineDep, SessionDep, SettingsDep, StorageDep, WatcherDep, WriteSessionDep
 from app.api.errors import responses
 from app.db import session_scope
 from app.models import JobStatus
 from app.schemas import JobPublic, JobSummary, Page, TrialPublic
 from app.services import jobs as service
+from app.services import quotas
+from app.services.tenancy import Principal
 from app.studies import trial_dict, trial_page
 from tuner.spec import JobSpec
 
@@ -24,20 +27,24 @@ OffsetQ = Annotated[int, Query(ge=0, le=1_000_000_000)]
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=JobPublic)
-def submit_job(spec: JobSpec, session: WriteSessionDep, response: Response) -> dict[str, Any]:
+def submit_job(
+    spec: JobSpec, session: WriteSessionDep, response: Response, principal: PrincipalDep, settings: SettingsDep,
+) -> dict[str, Any]:
     """Queue a tuning job. The body is the job spec (see ``examples/``); the data set is a builtin one
     or an upload (``{"dataset": {"id": ...}}``), never a server path."""
-    job = service.create_job(session, spec)
+    quotas.check_job(session, principal, spec.budget.n_trials, settings)
+    job = service.create_job(session, spec, principal=principal)
     response.headers["Location"] = f"/jobs/{job.id}"
     return service.job_detail(job)
 
 
 @router.get("", response_model=Page[JobSummary])
 def list_jobs(
-    session: SessionDep, status: JobStatus | None = None, limit: LimitQ = 50, offset: OffsetQ = 0
+    session: SessionDep, principal: PrincipalDep, status: JobStatus | None = None, limit: LimitQ = 50,
+    offset: OffsetQ = 0,
 ) -> dict[str, Any]:
     """Jobs, newest first; ``status`` filters."""
-    items, total = service.list_jobs(session, status=status, limit=limit, offset=offset)
+    items, total = service.list_jobs(session, principal=principal, status=status, limit=limit, offset=offset)
     return {"items": items, "total": total, "limit": limit, "offset": offset}
 
 
@@ -48,7 +55,8 @@ WaitQ = Annotated[float | None, Query(ge=0, le=60, description=(
 @router.get("/{job_id}", response_model=JobPublic,
             responses={304: {"description": "Not modified: the job's ETag equals If-None-Match"}})
 async def read_job(
-    job_id: str, engine: EngineDep, watcher: WatcherDep, response: Response, wait: WaitQ = None,
+    job_id: str, engine: EngineDep, watcher: WatcherDep, response: Response, principal: PrincipalDep,
+    wait: WaitQ = None,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Any:
     """Status, progress, best trial so far, test metrics once finished, from the summary on the job row.
@@ -56,27 +64,28 @@ async def read_job(
     Send the ``ETag`` back as ``If-None-Match``: ``304`` while nothing changed; with ``?wait=S`` the answer
     comes as soon as the job changes (or ``304`` after S seconds). Waiting holds no database connection.
     """
-    got = await run_in_threadpool(_read_job, engine, job_id, if_none_match)
+    got = await run_in_threadpool(_read_job, engine, job_id, if_none_match, principal)
     if got.detail is None and wait and not got.finished:
         await watcher.wait_changed(job_id, got.etag, wait)
-        got = await run_in_threadpool(_read_job, engine, job_id, if_none_match)
+        got = await run_in_threadpool(_read_job, engine, job_id, if_none_match, principal)
     if got.detail is None:
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": got.etag})
     response.headers["ETag"] = got.etag
     return got.detail
 
 
-def _read_job(engine: Engine, job_id: str, if_none_match: str | None) -> service.JobRead:
+def _read_job(engine: Engine, job_id: str, if_none_match: str | None, principal: Principal) -> service.JobRead:
     with session_scope(engine) as session:
-        return service.read_job(session, job_id, if_none_match=if_none_match)
+        return service.read_job(session, job_id, if_none_match=if_none_match, principal=principal)
 
 
 @router.get("/{job_id}/trials", response_model=Page[TrialPublic])
 def read_trials(
-    job_id: str, session: SessionDep, storage: StorageDep, limit: LimitQ = 100, offset: OffsetQ = 0
+    job_id: str, session: SessionDep, storage: StorageDep, principal: PrincipalDep, limit: LimitQ = 100,
+    offset: OffsetQ = 0,
 ) -> dict[str, Any]:
     """Every trial in number order: params, value, learning curve, duration, worker, failure reason."""
-    job = service.get_job(session, job_id)
+    job = service.get_job(session, job_id, principal=principal)
     trials, total = trial_page(storage, job.study_name, limit=limit, offset=offset)
     return {"items": [trial_dict(t) for t in trials], "total": total, "limit": limit, "offset": offset}
 
@@ -86,18 +95,21 @@ ForceQ = Annotated[bool, Query(description="act at once, even while a live worke
 
 @router.post("/{job_id}/cancel", response_model=JobPublic)
 def cancel_job(
-    job_id: str, session: WriteSessionDep, storage: StorageDep, settings: SettingsDep, force: ForceQ = False
+    job_id: str, session: WriteSessionDep, storage: StorageDep, settings: SettingsDep, principal: PrincipalDep,
+    force: ForceQ = False,
 ) -> dict[str, Any]:
     """Queued: cancelled at once. Running: stops at the next epoch boundary; cancelled at once when no worker
     is alive (no heartbeat for the grace period) or with ``force``. Finished: 409."""
-    job = service.cancel_job(session, job_id, storage=storage, grace_period=settings.grace_period, force=force)
+    job = service.cancel_job(session, job_id, principal=principal, storage=storage,
+                             grace_period=settings.grace_period, force=force)
     return service.job_detail(job)
 
 
 @router.delete("/{job_id}", status_code=status.HTTP_204_NO_CONTENT)
 def delete_job(
-    job_id: str, session: WriteSessionDep, storage: StorageDep, settings: SettingsDep, force: ForceQ = False
+    job_id: str, session: WriteSessionDep, storage: StorageDep, settings: SettingsDep, principal: PrincipalDep,
+    force: ForceQ = False,
 ) -> None:
     """Remove the job, its study and its artifacts (409 while a live worker runs it, unless ``force``)."""
-    service.delete_job(session, job_id, storage=storage, artifacts_dir=settings.artifacts_dir,
+    service.delete_job(session, job_id, principal=principal, storage=storage, artifacts_dir=settings.artifacts_dir,
                        grace_period=settings.grace_period, force=force)

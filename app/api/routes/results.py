@@ -12,6 +12,7 @@ from fastapi.responses import FileResponse
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
+from app.api.auth import PrincipalDep
 from app.api.deps import SessionDep, SettingsDep, StorageDep
 from app.api.errors import responses
 from app.errors import PayloadTooLarge, field_error
@@ -38,16 +39,20 @@ _PREDICT_BODY = {
 
 @router.get("/{job_id}/model", response_class=FileResponse,
             responses={200: {"content": {"application/octet-stream": {}}, "description": "the model file"}})
-def download_model(job_id: str, session: SessionDep, storage: StorageDep, settings: SettingsDep) -> FileResponse:
+def download_model(
+    job_id: str, session: SessionDep, storage: StorageDep, settings: SettingsDep, principal: PrincipalDep
+) -> FileResponse:
     """The best model (``torch.save`` of the state dict, spec, preprocessing statistics and class labels;
     ``tuner.load_model(path)`` or ``torch.load(path, weights_only=True)``). 409 until the job succeeded."""
-    job, path = predict_service.model_file(session, job_id, storage=storage, artifacts_dir=settings.artifacts_dir)
+    job, path = predict_service.model_file(
+        session, job_id, principal=principal, storage=storage, artifacts_dir=settings.artifacts_dir
+    )
     return FileResponse(path, media_type="application/octet-stream", filename=predict_service.model_filename(job))
 
 
 @router.post("/{job_id}/predict", response_model=Predictions, openapi_extra=_PREDICT_BODY)
 async def predict(job_id: str, request: Request, session: SessionDep, storage: StorageDep,
-                  settings: SettingsDep) -> dict[str, Any]:
+                  settings: SettingsDep, principal: PrincipalDep) -> dict[str, Any]:
     """Predictions of the best model for rows as JSON (``{"rows": [[...]]}`` in the upload's column order,
     or objects keyed by column name) or a CSV/Parquet file (multipart field ``file``). Classification:
     label and probabilities by label; regression: the value in the target's units. 422 names the row
@@ -76,15 +81,15 @@ async def predict(job_id: str, request: Request, session: SessionDep, storage: S
         except ValidationError as exc:
             raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()], body=body) from None
     return await run_in_threadpool(
-        predict_service.predict, session, job_id, storage=storage, artifacts_dir=settings.artifacts_dir,
+        predict_service.predict, session, job_id, principal=principal, storage=storage, artifacts_dir=settings.artifacts_dir,
         max_rows=settings.predict_max_rows, rows=rows, frame=frame,
     )
 
 
 @router.get("/{job_id}/result", response_model=ResultBundle)
-def read_result(job_id: str, session: SessionDep, storage: StorageDep) -> dict[str, Any]:
+def read_result(job_id: str, session: SessionDep, storage: StorageDep, principal: PrincipalDep) -> dict[str, Any]:
     """Everything the job produced and needs to be reproduced: best params and value (K-fold: each fold's
     value, mean and std), best epochs, test metrics with ``n_test`` and confusion matrix, split recipe and
     seeds, the data set's sha256 and size, package versions, timing, trials by state and failure cause,
     and the full spec. 409 until the job has finished (a failed or cancelled job has no test section)."""
-    return results_service.result_bundle(session, job_id, storage=storage)
+    return results_service.result_bundle(session, job_id, principal=principal, storage=storage)

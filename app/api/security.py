@@ -1,0 +1,103 @@
+"""What protects the API from the browser next door: Host check, CORS (off by default), a cross-site POST
+guard, and the authentication middleware; :func:`install_security` registers them on the app.
+
+Middleware order (outermost first): TrustedHost (DNS rebinding) -> CORS -> Auth -> POST guard -> routes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.api.auth import AuthMiddleware
+from app.core.config import Settings
+
+__all__ = ["CSRF_HEADER", "CrossSitePostGuard", "bind_refusal", "install_security", "is_loopback", "serve_settings"]
+
+CSRF_HEADER = "X-Requested-With"
+POST_REFUSED = (
+    "a POST needs 'Content-Type: application/json', an 'Authorization: Bearer' header or an "
+    f"'{CSRF_HEADER}' header (so that a form on another web site cannot act on this service)"
+)
+
+
+class CrossSitePostGuard:
+    """Refuse (403) a POST that a web page on another site could send without a CORS preflight.
+
+    Browsers send a form post or a body-less ``fetch`` cross-site without asking; a JSON body, an
+    ``Authorization`` header or a custom header (``X-Requested-With``) makes them ask first (CORS preflight),
+    which this service denies unless ``TUNER_CORS_ORIGINS`` allows the origin. PUT/PATCH/DELETE always need
+    a preflight, so only POST is checked.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            headers = dict(scope["headers"])
+            ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+            ok = (ctype == b"application/json" or b"authorization" in headers
+                  or bool(headers.get(CSRF_HEADER.lower().encode(), b"").strip()))
+            if not ok:
+                await JSONResponse({"detail": POST_REFUSED}, status_code=403)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def install_security(app: FastAPI, settings: Settings) -> None:
+    app.add_middleware(CrossSitePostGuard)
+    app.add_middleware(AuthMiddleware, settings=settings)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
+            allow_headers=["Authorization", "Content-Type", CSRF_HEADER],
+        )
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.allowed_hosts)
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def bind_refusal(host: str, *, insecure: bool, keys_exist: bool) -> str | None:
+    """Why ``tuner serve`` must not listen on ``host`` (None: it may)."""
+    if is_loopback(host) or insecure or keys_exist:
+        return None
+    return (f"refusing to listen on {host}: no API key exists, so anyone who can reach the port could use the "
+            "service. Create one with `tuner keys create NAME --admin` (then every request needs it), bind "
+            "127.0.0.1, or pass --insecure to serve without keys on purpose.")
+
+
+def serve_settings(settings: Settings, host: str, *, insecure: bool) -> tuple[Settings, str | None]:
+    """``tuner serve``'s settings for ``host`` and, if it must not start, why.
+
+    On a non-loopback host with keys (and without ``--insecure``), ``require_keys`` is switched on so that
+    revoking the last key closes the service instead of opening it to everyone.
+    """
+    import sqlalchemy as sa
+
+    from app.db import get_engine, session_scope
+    from app.services.keys import any_active_key
+
+    if insecure or is_loopback(host):
+        return settings, None
+    try:
+        with session_scope(get_engine(settings.database_url)) as session:
+            keys_exist = any_active_key(session)
+    except sa.exc.SQLAlchemyError:
+        keys_exist = True  # cannot tell now: start, but closed (401) until a key is seen
+    refusal = bind_refusal(host, insecure=insecure, keys_exist=keys_exist)
+    if refusal is None:
+        settings = settings.model_copy(update={"require_keys": True})
+    return settings, refusal

@@ -1,0 +1,54 @@
+"""Per-tenant quotas (``TUNER_QUOTA_*``): active jobs and queued trials (429), upload bytes stored (413).
+
+Checked before a job or an upload is accepted; two requests racing may both pass (a soft limit, by one).
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from app.core.config import Settings
+from app.errors import PayloadTooLarge, QuotaExceeded
+from app.models import Dataset, Job, JobStatus
+from app.services.tenancy import Principal
+
+__all__ = ["check_job", "upload_quota_error", "upload_room"]
+
+_WAITING = (JobStatus.queued.value, JobStatus.running.value)
+
+
+def check_job(session: Session, principal: Principal, n_trials: int, settings: Settings) -> None:
+    """429 with ``Retry-After`` if the tenant has too many jobs waiting or running, or too many trials queued."""
+    active, queued = session.execute(
+        sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(Job.n_trials - Job.trials_claimed), 0))
+        .where(Job.tenant == principal.tenant, Job.status.in_(_WAITING))
+    ).one()
+    tenant = principal.tenant
+    if active >= settings.quota_active_jobs:
+        raise QuotaExceeded(
+            f"tenant '{tenant}' has {active} queued or running jobs, the most allowed "
+            f"(TUNER_QUOTA_ACTIVE_JOBS={settings.quota_active_jobs}); wait for one to finish or cancel one",
+            retry_after_s=settings.quota_retry_after_s)
+    if queued + n_trials > settings.quota_queued_trials:
+        raise QuotaExceeded(
+            f"tenant '{tenant}' has {queued} trials queued; {n_trials} more would exceed the quota of "
+            f"{settings.quota_queued_trials} (TUNER_QUOTA_QUEUED_TRIALS)",
+            retry_after_s=settings.quota_retry_after_s)
+
+
+def upload_room(session: Session, principal: Principal, settings: Settings, announced: int | None) -> int:
+    """Bytes the tenant may still upload; 413 now if it is full or ``announced`` (Content-Length) won't fit."""
+    used = int(session.scalar(
+        sa.select(sa.func.coalesce(sa.func.sum(Dataset.size_bytes), 0)).where(Dataset.tenant == principal.tenant)
+    ) or 0)
+    room = settings.quota_upload_bytes - used
+    if room <= 0 or (announced is not None and announced > room + 4096):  # 4 KiB: multipart framing
+        raise upload_quota_error(principal, settings, used)
+    return room
+
+
+def upload_quota_error(principal: Principal, settings: Settings, used: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"tenant '{principal.tenant}' stores {used / 2**20:.2f} MiB of uploads and this file does not fit in "
+        f"the quota of {settings.quota_upload_mb:g} MiB (TUNER_QUOTA_UPLOAD_MB): delete data sets first")
