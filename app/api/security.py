@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.responses import JSONResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.auth import AuthMiddleware
 from app.core.config import Settings
@@ -50,6 +50,35 @@ class CrossSitePostGuard:
         await self.app(scope, receive, send)
 
 
+class JSONTrustedHostMiddleware:
+    """Starlette's :class:`TrustedHostMiddleware` (its host matching), answering a refused host with the
+    service's JSON error shape instead of plain text."""
+
+    def __init__(self, app: ASGIApp, allowed_hosts: list[str]) -> None:
+        self.app = app
+        self.allowed_hosts = list(allowed_hosts)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        passed = False
+
+        async def passthrough(s: Scope, r: Receive, se: Send) -> None:
+            nonlocal passed
+            passed = True
+            await self.app(s, r, se)
+
+        async def refuse(message: Message) -> None:
+            if message["type"] == "http.response.start" and not passed:
+                body = b'{"detail":"invalid Host header (not in TUNER_ALLOWED_HOSTS)"}'
+                await send({"type": "http.response.start", "status": 400, "headers": [
+                    (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body})
+            elif passed:
+                await send(message)
+
+        checker = TrustedHostMiddleware(passthrough, allowed_hosts=self.allowed_hosts, www_redirect=False)
+        await checker(scope, receive, refuse if scope["type"] == "http" else send)
+
+
 def install_security(app: FastAPI, settings: Settings) -> None:
     app.add_middleware(CrossSitePostGuard)
     app.add_middleware(AuthMiddleware, settings=settings)
@@ -58,7 +87,7 @@ def install_security(app: FastAPI, settings: Settings) -> None:
             CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
             allow_headers=["Authorization", "Content-Type", CSRF_HEADER],
         )
-    app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.allowed_hosts)
+    app.add_middleware(JSONTrustedHostMiddleware, allowed_hosts=settings.allowed_hosts)
 
 
 def is_loopback(host: str) -> bool:

@@ -306,7 +306,8 @@ def asgi_post(app: Any, path: str, chunks: Any, headers: dict[str, str]) -> tupl
 
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
              "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
-             "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+             "headers": [(k.lower().encode(), v.encode())
+                         for k, v in {"host": "testserver", "x-requested-with": "test", **headers}.items()],
              "client": ("127.0.0.1", 1), "server": ("testserver", 80), "state": {}}
     asyncio.run(app(scope, receive, send))
     status = next(m["status"] for m in messages if m["type"] == "http.response.start")

@@ -74,7 +74,7 @@ def serve(use_settings, monkeypatch):
         return object()
 
     monkeypatch.setattr(app.main, "create_app", fake_create_app)
-    monkeypatch.setattr(cli, "_supervise", lambda children, grace, serve=None: 0)
+    monkeypatch.setattr(cli, "_supervise", lambda children, grace, serve=None, **_: 0)
 
     def run(*args: str):
         seen.clear()

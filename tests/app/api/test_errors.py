@@ -22,7 +22,7 @@ def test_unhandled_exception_is_500_json(settings):
     def boom() -> None:
         raise RuntimeError("secret internals")
 
-    with TestClient(app, raise_server_exceptions=False) as c:
+    with TestClient(app, raise_server_exceptions=False, headers={"X-Requested-With": "tuneserve-tests"}) as c:
         r = c.get("/boom")
     assert r.status_code == 500
     assert r.json() == {"detail": "internal server error (RuntimeError)"}
@@ -31,7 +31,7 @@ def test_unhandled_exception_is_500_json(settings):
 @pytest.mark.parametrize("url", ["postgresql+psycopg://nobody@127.0.0.1:9/none?connect_timeout=2"])
 def test_database_down_is_503_with_retry_after(settings, url, spec_dict):
     settings = settings.model_copy(update={"database_url": url})
-    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+    with TestClient(create_app(settings), raise_server_exceptions=False, headers={"X-Requested-With": "tuneserve-tests"}) as c:
         for method, path, kwargs in [("get", "/jobs", {}), ("get", "/jobs/x", {}), ("get", "/datasets", {}),
                                      ("post", "/jobs", {"json": spec_dict()}), ("get", "/jobs/x/trials", {}),
                                      ("get", "/readyz", {})]:

@@ -49,7 +49,7 @@ def test_json_infinity_and_nan_are_refused(client, spec_dict, unchanged):
 def test_limits_come_from_settings(settings, spec_dict):
     settings = settings.model_copy(update={"max_timeout_s": 100.0, "max_width": 4})
     try:
-        with TestClient(create_app(settings)) as c:
+        with TestClient(create_app(settings), headers={"X-Requested-With": "tuneserve-tests"}) as c:
             r = c.post("/jobs", json=spec_dict())
             assert r.status_code == 422
             assert {e["msg"] for e in r.json()["detail"]} == {
@@ -94,7 +94,7 @@ def test_workers_validate_stored_specs_with_the_same_limits(settings, spec_dict)
 
     settings = settings.model_copy(update={"max_timeout_s": 2e6})
     try:
-        with TestClient(create_app(settings)) as c:
+        with TestClient(create_app(settings), headers={"X-Requested-With": "tuneserve-tests"}) as c:
             job = c.post("/jobs", json=spec_dict(budget={"timeout_s": 1e6}))
             assert job.status_code == 201, job.text
         limits.configure(Limits())  # a fresh worker process starts with the engine's defaults

@@ -27,7 +27,7 @@ def small_limits(settings) -> Iterator[TestClient]:
     """A client whose data caps are small enough for a bomb under the 1 MiB test upload limit."""
     settings = settings.model_copy(update={"max_decompressed_mb": 32, "max_cells": 2_000, "max_features": 50})
     try:
-        with TestClient(create_app(settings)) as c:
+        with TestClient(create_app(settings), headers={"X-Requested-With": "tuneserve-tests"}) as c:
             yield c
     finally:
         limits.configure(Limits())
