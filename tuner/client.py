@@ -44,7 +44,11 @@ class Client:
     def __init__(self, url: str = DEFAULT_URL, api_key: str | None = None, *, timeout: float = 30.0,
                  transport: httpx.BaseTransport | None = None) -> None:
         self.url = url.rstrip("/")
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        # X-Requested-With: the server refuses a POST that a plain cross-site form could send (see README
+        # "Security"); a script's requests say who they are.
+        headers = {"X-Requested-With": "tuneserve-client"}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
         self._timeout = timeout
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout, transport=transport)
 
