@@ -23,7 +23,7 @@ def test_client_and_cli_against_a_live_server(server, settings, spec_dict, iris_
     csv = tmp_path / "iris.csv"
     csv.write_bytes(iris_csv)
     spec = tmp_path / "spec.json"
-    with Client(srv.url, api_key="ignored-for-now") as c:
+    with Client(srv.url) as c:
         ds = c.upload(csv, target="species")
         assert ds["rows"] == 150 and ds["target"] == "species"
         with pytest.raises(TuneserveError) as e:
