@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from app.api.routes import datasets, health, jobs, plots
+from app.api.routes import datasets, health, jobs, plots, web
 from app.core.config import Settings, get_settings
 from app.db import get_engine, make_storage
 from app.errors import DomainError
@@ -90,4 +90,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(datasets.router)
     app.include_router(plots.router)
+    web.install(app)
     return app

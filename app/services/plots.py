@@ -56,7 +56,7 @@ PLOT_SAMPLE = SampleLimits(best=200, recent=300)
 CURVE_SAMPLE = SampleLimits(best=30, recent=70, max_steps=60)  # at most 100 learning curves of 60 points
 IMPORTANCE_SAMPLE = SampleLimits(best=0, recent=IMPORTANCE_MAX_TRIALS, states=("COMPLETE",))
 
-PRUNED_COLOR = "#d62728"
+PRUNED_COLOR = "#9e9e9e"
 
 _cache: OrderedDict[tuple[str, str, int], dict[str, float]] = OrderedDict()
 _cache_lock = threading.Lock()
@@ -116,7 +116,7 @@ def _mark_pruned(fig: go.Figure, study: optuna.Study) -> go.Figure:
         if name.startswith("Trial") and name[5:].isdigit() and int(name[5:]) in pruned:
             trace.update(name=f"{name} (pruned)", line={"dash": "dot", "color": PRUNED_COLOR},
                          marker={"color": PRUNED_COLOR, "symbol": "x"})
-    fig.update_layout(title="Learning curves (validation objective per epoch; dotted red: pruned)")
+    fig.update_layout(title="Learning curves (validation objective per epoch; dotted grey: pruned)")
     return fig
 
 
