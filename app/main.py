@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 
 from app.api.routes import datasets, health, jobs, plots, web
 from app.core.config import Settings, get_settings
+from app.dashboard import ReadOnlyDashboard
 from app.db import get_engine, make_storage
 from app.errors import DomainError
 from app.services.jobs import PATH_REFUSED
@@ -91,4 +92,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(datasets.router)
     app.include_router(plots.router)
     web.install(app)
+    app.mount("/dashboard", ReadOnlyDashboard(app.state.storage), name="dashboard")
     return app

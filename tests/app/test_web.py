@@ -75,6 +75,10 @@ def test_job_list_and_live_job_page_in_chromium(server, spec_dict, browser_page,
     page.screenshot(path=str(tmp_path / "jobs.png"))
     assert not errors, errors
 
+    # optuna-dashboard's own page, under /dashboard, lists the job's study.
+    page.goto(f"{srv.url}/dashboard/")
+    page.get_by_text(f"job-{job_id}").first.wait_for(timeout=30_000)
+
     out = os.environ.get("TUNER_SCREENSHOTS_DIR")
     if out:
         Path(out).mkdir(parents=True, exist_ok=True)
