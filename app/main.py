@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from app import observability
 from app.api.routes import datasets, health, jobs, plots, web
 from app.core.config import Settings, get_settings
 from app.dashboard import ReadOnlyDashboard
@@ -92,5 +93,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(datasets.router)
     app.include_router(plots.router)
     web.install(app)
+    observability.install(app, app.state.engine, grace_period_s=settings.grace_period)
     app.mount("/dashboard", ReadOnlyDashboard(app.state.storage), name="dashboard")
     return app
