@@ -120,6 +120,20 @@ def _mark_pruned(fig: go.Figure, study: optuna.Study) -> go.Figure:
     return fig
 
 
+def _history(study: optuna.Study) -> go.Figure:
+    """Optuna's history plot indexes values by trial number (it assumes 0..n-1): plot a renumbered copy,
+    then put the sampled trials' real numbers back on the x axis."""
+    trials = study.get_trials(deepcopy=False)
+    numbers = [t.number for t in trials]
+    compact = optuna.create_study(directions=study.directions, storage=optuna.storages.InMemoryStorage())
+    compact.add_trials(trials)  # numbered 0..k-1 in the same order
+    fig = optuna.visualization.plot_optimization_history(compact)
+    for trace in fig.data:
+        if trace.x is not None:
+            trace.x = [numbers[int(x)] for x in trace.x]
+    return fig
+
+
 def figure(kind: PlotKind, storage: optuna.storages.BaseStorage, job_id: str, study_name: str, *,
            evaluator: Evaluator = "fanova") -> go.Figure:
     """The Plotly figure of one kind for the job, from ``optuna.visualization``."""
@@ -133,7 +147,7 @@ def figure(kind: PlotKind, storage: optuna.storages.BaseStorage, job_id: str, st
         return _mark_pruned(vis.plot_intermediate_values(study), study)
     study = sample_study(storage, study_name, PLOT_SAMPLE) or _empty_study()
     plot: dict[str, Callable[[optuna.Study], go.Figure]] = {
-        "history": vis.plot_optimization_history,
+        "history": _history,
         "parallel_coordinate": vis.plot_parallel_coordinate,
         "slice": vis.plot_slice,
         "contour": vis.plot_contour,

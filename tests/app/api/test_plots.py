@@ -93,3 +93,39 @@ def test_importance_plot_409_while_too_early(client, spec_dict):
     queued = client.post("/jobs", json=spec_dict()).json()["id"]
     assert client.get(f"/jobs/{queued}/plots/importance").status_code == 409
     assert json.loads(client.get(f"/jobs/{queued}/plots/history").text)["data"] == []
+
+
+def test_plots_of_a_sample_keep_real_trial_numbers(settings, monkeypatch):
+    """A sample with gaps in the numbering (best 3 + recent 5 of 30) draws every kind, labelled by real number."""
+    import optuna
+
+    from app.db import make_storage
+    from app.services.trial_sample import SampleLimits, sample_study
+
+    storage = make_storage(settings.database_url)
+    study = optuna.create_study(study_name="gaps", storage=storage, sampler=optuna.samplers.RandomSampler(seed=0))
+
+    def objective(trial):
+        x, y = trial.suggest_float("x", -3, 3), trial.suggest_int("y", 0, 4)
+        for step in range(1, 4):
+            trial.report((x - 1) ** 2 + y + 1 / step, step)
+        return (x - 1) ** 2 + y
+
+    study.optimize(objective, n_trials=30)
+    limits = SampleLimits(best=3, recent=5)
+    sample = sample_study(storage, "gaps", limits)
+    best3 = sorted(study.trials, key=lambda t: t.value)[:3]
+    expected = sorted({t.number for t in best3} | set(range(25, 30)))
+    assert [t.number for t in sample.trials] == expected
+    assert {t.number: t.params for t in sample.trials} == {n: study.trials[n].params for n in expected}
+    assert sample.trials[-1].intermediate_values == study.trials[-1].intermediate_values
+
+    monkeypatch.setattr(plots, "PLOT_SAMPLE", limits)
+    monkeypatch.setattr(plots, "CURVE_SAMPLE", SampleLimits(best=3, recent=5, max_steps=2))
+    history = plots.figure("history", storage, "job", "gaps")
+    assert sorted(history.data[0].x) == expected
+    curves = plots.figure("intermediate", storage, "job", "gaps")
+    assert sorted(int(tr.name[5:]) for tr in curves.data) == expected
+    assert all(len(tr.x) == 2 and tr.x[-1] == 3 for tr in curves.data)  # downsampled, last step kept
+    for kind in ("parallel_coordinate", "slice", "contour", "edf", "importance"):
+        assert plots.figure(kind, storage, "job", "gaps").data
