@@ -50,7 +50,7 @@ EVALUATORS: dict[str, Callable[[], BaseImportanceEvaluator]] = {
     "mean_decrease_impurity": lambda: MeanDecreaseImpurityImportanceEvaluator(seed=0),
 }
 MIN_COMPLETE_FOR_IMPORTANCE = 3
-IMPORTANCE_MAX_TRIALS = 1000
+IMPORTANCE_MAX_TRIALS = 300  # fANOVA: ~4 s on 300 trials on one core, ~14 s on 1,000; cached afterwards
 
 PLOT_SAMPLE = SampleLimits(best=200, recent=300)
 CURVE_SAMPLE = SampleLimits(best=30, recent=70, max_steps=60)  # at most 100 learning curves of 60 points
@@ -140,7 +140,8 @@ def figure(kind: PlotKind, storage: optuna.storages.BaseStorage, job_id: str, st
     vis = optuna.visualization
     if kind == "importance":
         imp = importances(storage, job_id, study_name, evaluator)["importances"]
-        study = sample_study(storage, study_name, IMPORTANCE_SAMPLE) or _empty_study()
+        # The values are cached; the plot only needs a study with a complete trial to pass them through.
+        study = sample_study(storage, study_name, SampleLimits(best=1, recent=0)) or _empty_study()
         return vis.plot_param_importances(study, evaluator=_Precomputed(imp))
     if kind == "intermediate":
         study = sample_study(storage, study_name, CURVE_SAMPLE) or _empty_study()
