@@ -16,6 +16,7 @@ const EXAMPLE = {
 
 let timer = null;   // the current view's refresh timer
 let viewToken = 0;  // bumps on navigation so late replies of the old view are dropped
+const finishedJobs = new Map();  // id -> GET /jobs/{id} of a job that has finished
 
 function esc(v) {
   return String(v ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
@@ -67,7 +68,11 @@ async function showJobs(token) {
     if (token === viewToken) view.innerHTML = `<p class="errors">${esc(e.message)}</p>`;
     return schedule(() => showJobs(token), 5000);
   }
-  const details = await Promise.all(page.items.map((j) => api(`/jobs/${j.id}`).catch(() => j)));
+  // A finished job no longer changes: its details are fetched once, active ones on every refresh.
+  const details = await Promise.all(page.items.map((j) => finishedJobs.get(j.id) || api(`/jobs/${j.id}`).then((d) => {
+    if (!ACTIVE.has(d.status)) finishedJobs.set(d.id, d);
+    return d;
+  }).catch(() => j)));
   if (token !== viewToken) return;
   const rows = details.map((j) => `
     <tr class="job-row" data-id="${esc(j.id)}">
