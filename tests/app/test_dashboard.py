@@ -19,6 +19,8 @@ def test_dashboard_lists_the_job_study_and_refuses_writes(client, spec_dict, set
     assert page.status_code == 200 and '/dashboard/static/bundle.js' in page.text
     assert client.get("/dashboard/static/bundle.js").status_code == 200
     assert "/dashboard" in client.get("/web/dashboard-prefix.js").text
+    csv = client.get(f"/dashboard/csv/{sid}")
+    assert csv.status_code == 200 and "Number" in csv.text.splitlines()[0]
 
     for method, path in [("POST", "/dashboard/api/studies"), ("DELETE", f"/dashboard/api/studies/{sid}"),
                          ("POST", f"/dashboard/api/studies/{sid}/rename"), ("PUT", f"/dashboard/api/studies/{sid}/note"),
