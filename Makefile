@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run migrate test test-fast bench lint clean
+.PHONY: install run migrate test test-fast bench lint clean screenshots
 
 install: $(STAMP)
 
@@ -27,6 +27,10 @@ test: install
 
 bench: install
 	$(PY) -m bench.run_all
+
+# README screenshots (docs/img/jobs.png, docs/img/job.png), taken by the browser test in headless Chromium.
+screenshots: install
+	TUNER_SCREENSHOTS_DIR=docs/img $(PY) -m pytest -q tests/app/test_web.py -k sqlite
 
 lint: install
 	$(VENV)/bin/ruff check tuner app tests bench

@@ -10,12 +10,14 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from app import observability
 from app.api.auth import AUTHENTICATED
 from app.api.errors import install_error_handlers, responses
-from app.api.routes import datasets, health, job_events, jobs
+from app.api.routes import datasets, health, job_events, jobs, plots, web
 from app.api.routes import results as results_routes
 from app.api.security import install_security
 from app.core.config import Settings, get_settings
+from app.dashboard import ReadOnlyDashboard
 from app.db import get_engine, make_storage
 from app.errors import DomainError
 from app.services.jobs import PATH_REFUSED
@@ -103,4 +105,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(results_routes.router)
     app.include_router(datasets.router)
     app.include_router(job_events.router)
+    app.include_router(plots.router)
+    web.install(app)
+    observability.install(app, app.state.engine, grace_period_s=settings.grace_period)
+    app.mount("/dashboard", ReadOnlyDashboard(app.state.storage), name="dashboard")
     return app

@@ -10,9 +10,11 @@ import argparse
 import sys
 import time
 
+from tqdm import tqdm
+
 from bench.common import banner, run_module, table
 
-PARTS = ("pruning", "samplers", "overhead", "trainloop", "workers", "api_load", "growth", "peers")
+PARTS = ("pruning", "samplers", "overhead", "trainloop", "workers", "api_load", "growth", "plots", "peers")
 
 
 def main() -> int:
@@ -28,7 +30,9 @@ def main() -> int:
     rows = []
     failed = []
     t_all = time.perf_counter()
-    for part in parts:
+    progress = tqdm(parts, desc="make bench", unit="part", file=sys.stderr, position=0)
+    for part in progress:
+        progress.set_postfix_str(part)
         banner(f"part: {part}")
         t0 = time.perf_counter()
         rc = run_module(f"bench.{part}", ["--quick"] if args.quick else [])

@@ -27,8 +27,14 @@ from app.services.tenancy import ANONYMOUS, Principal
 __all__ = ["ADMIN_PREFIXES", "AUTHENTICATED", "PUBLIC_PATHS", "AuthMiddleware", "KeyCache", "PrincipalDep",
            "get_principal"]
 
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
-ADMIN_PREFIXES = ("/dashboard",)  # operator views across tenants: admin keys only while keys exist
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/"})  # "/": the web page's shell, which holds no data
+PUBLIC_PREFIXES = ("/web/",)  # the page's static scripts and styles (every datum comes from the API, with a key)
+# operator views across tenants (the dashboard, the Prometheus figures): admin keys only while keys exist
+ADMIN_PREFIXES = ("/dashboard", "/metrics")
+
+
+def is_public(path: str) -> bool:
+    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 _MAX_CACHED = 4096
 
@@ -84,7 +90,7 @@ class AuthMiddleware:
         self.cache = KeyCache(settings.auth_cache_s)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket") or scope["path"] in PUBLIC_PATHS:
+        if scope["type"] not in ("http", "websocket") or is_public(scope["path"]):
             await self.app(scope, receive, send)
             return
         token = bearer_token(scope["headers"])
@@ -147,7 +153,7 @@ def get_principal(request: Request) -> Principal:
 
 
 def _authenticated(request: Request) -> None:
-    if request.url.path not in PUBLIC_PATHS:
+    if not is_public(request.url.path):
         get_principal(request)
 
 
