@@ -30,7 +30,8 @@ function fmt(v, digits = 4) {
 function when(iso) { return iso ? new Date(iso).toLocaleString() : "–"; }
 
 async function api(path, opts = {}) {
-  const headers = { ...(opts.headers || {}) };
+  // X-Requested-With: the server refuses POSTs a plain cross-site form could send (README "Security").
+  const headers = { "X-Requested-With": "tuneserve-web", ...(opts.headers || {}) };
   const key = localStorage.getItem(KEY);
   if (key) headers["Authorization"] = `Bearer ${key}`;
   if (opts.json !== undefined) { headers["Content-Type"] = "application/json"; opts.body = JSON.stringify(opts.json); }
