@@ -14,9 +14,6 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
-from starlette.applications import Starlette
-from starlette.responses import PlainTextResponse
-from starlette.routing import Route
 
 from app.core.config import Settings
 from app.db import get_engine, session_scope
@@ -38,6 +35,8 @@ ID_ROUTES: list[tuple[str, str] | tuple[str, str, Any]] = [
     ("POST", "/jobs/{job}/predict", {"rows": [[1, 2, 3, 4]]}),
     ("GET", "/jobs/{job}/result"),
     ("GET", "/jobs/{job}/events"),
+    ("GET", "/jobs/{job}/importance"),
+    ("GET", "/jobs/{job}/plots/{kind}"),
 ]
 
 
@@ -162,14 +161,19 @@ def test_key_lookups_are_cached_briefly(make_app, make_key, settings):
 
 
 def test_admin_only_mount_when_keys_exist(make_app, make_key):
+    """The real optuna-dashboard mount and /metrics (figures across tenants) are for admin keys only."""
     app = make_app()
-    app.mount("/dashboard", Starlette(routes=[Route("/", lambda _r: PlainTextResponse("dash"))]))
     with TestClient(app) as c:
         assert c.get("/dashboard/").status_code == 200  # no keys: single-user
         user, admin = make_key("a"), make_key("ops", admin=True)
-        assert c.get("/dashboard/").status_code == 401
-        assert c.get("/dashboard/", headers=bearer(user)).status_code == 403
-        assert c.get("/dashboard/", headers=bearer(admin)).text == "dash"
+        for path in ("/dashboard/", "/metrics"):
+            assert c.get(path).status_code == 401
+            assert c.get(path, headers=bearer(user)).status_code == 403
+            assert c.get(path, headers=bearer(admin)).status_code == 200
+        assert "Optuna Dashboard" in c.get("/dashboard/", headers=bearer(admin)).text
+        # the web page's shell and scripts are public (they hold no data); the API behind them is not
+        assert c.get("/").status_code == 200 and c.get("/web/app.js").status_code == 200
+        assert c.get("/jobs").status_code == 401
 
 
 # ------------------------------------------------------------------------------------------- tenants
@@ -188,7 +192,7 @@ def test_other_tenant_gets_404(api, make_key, spec_dict, iris_csv, route):
     method, path, body = (*route, {})[:3]
     a, b = make_key("a"), make_key("b")
     ids = _owned(api, a, spec_dict, iris_csv)
-    r = api.request(method, path.format(**ids), headers=bearer(b), json=body if method in ("POST", "PUT") else None)
+    r = api.request(method, path.format(kind="history", **ids), headers=bearer(b), json=body if method in ("POST", "PUT") else None)
     assert r.status_code == 404, r.text
     # still there and unchanged for its owner
     assert api.get(f"/jobs/{ids['job']}", headers=bearer(a)).json()["status"] == "queued"
