@@ -73,7 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="tuneserve",
         version="0.1.0",
         description="Hyperparameter tuning for PyTorch models: submit a job spec, poll its trials and results.",
-        responses=responses(400, 500, 503),
+        responses=responses(400, 401, 403, 500, 503),
         dependencies=[AUTHENTICATED],  # every route needs a principal (but /healthz, /readyz): see app/api/auth.py
     )
     limits.configure(settings.limits())

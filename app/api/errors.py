@@ -51,10 +51,13 @@ def _response(description: str) -> dict[str, Any]:
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: _response("Malformed request body (not JSON / multipart)"),
+    401: _response("An API key is required (keys exist), or the key is wrong or revoked"),
+    403: _response("Refused: a POST without JSON, a bearer key or X-Requested-With, or an admin-only path"),
     404: _response("No such resource"),
     409: _response("Conflicts with the resource's state"),
     413: _response("Request body larger than the limit"),
     422: _response("Invalid request: one entry per field and reason"),
+    429: _response("The tenant's quota of active jobs or queued trials is used up; retry after Retry-After"),
     500: _response("Unexpected server error"),
     503: _response("Database unreachable or not migrated; retry after the Retry-After seconds"),
 }
@@ -69,7 +72,7 @@ def json_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """:func:`responses` for a route whose success is not JSON (SSE): errors are still JSON."""
     ref = {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}
     return {c: {"description": ERROR_RESPONSES[c]["description"], "content": {"application/json": ref}}
-            for c in (*codes, 400, 500, 503)}
+            for c in (*codes, 400, 401, 403, 500, 503)}
 
 
 # ------------------------------------------------------------------------------------------ body limit

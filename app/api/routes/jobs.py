@@ -20,7 +20,7 @@ from app.services.tenancy import Principal
 from app.studies import trial_dict, trial_page
 from tuner.spec import JobSpec
 
-router = APIRouter(prefix="/jobs", tags=["jobs"], responses=responses(404, 409, 413, 422))
+router = APIRouter(prefix="/jobs", tags=["jobs"], responses=responses(404, 409, 413, 422, 429))
 
 LimitQ = Annotated[int, Query(ge=1, le=500, description="page size")]
 OffsetQ = Annotated[int, Query(ge=0, le=1_000_000_000)]
