@@ -37,7 +37,7 @@ def browser_page():
 def test_job_list_and_live_job_page_in_chromium(server, spec_dict, browser_page, tmp_path):
     srv = server().start()
     spec = spec_dict(name="iris-mlp", budget={"n_trials": 8, "max_epochs": 12, "timeout_s": 120},
-                     pruner={"kind": "median", "n_startup_trials": 2, "n_warmup_steps": 1},
+                     pruner={"kind": "median", "n_startup_trials": 4, "n_warmup_steps": 1},  # >= 4 complete: importance
                      search_space={"lr": {"low": 1e-4, "high": 1e-1, "log": True}, "batch_size": {"choices": [16, 32]}},
                      sampler={"kind": "tpe", "seed": 0})
     with srv.client() as http:
