@@ -236,15 +236,15 @@ def fit_folds_lockstep(
         if improved:
             sel = torch.tensor(improved, device=device)
             with torch.no_grad():
-                for kept, p in zip(best_params, parameters, strict=True):
-                    kept[sel] = p.detach()[sel]
+                for best_p, p in zip(best_params, parameters, strict=True):
+                    best_p[sel] = p.detach()[sel]
         current = [val_curves[k][-1] if active[k] else best_value[k] for k in range(K)]
         for k in range(K):
             if active[k] and since_best[k] >= cfg.patience:
                 active[k] = False
                 with torch.no_grad():  # frozen at its best weights from now on
-                    for kept, p in zip(best_params, parameters, strict=True):
-                        p[k] = kept[k]
+                    for best_p, p in zip(best_params, parameters, strict=True):
+                        p[k] = best_p[k]
         mean = float(np.mean([c for c in current if c is not None]))
         if reporter(mean, epoch):
             _finish_attrs()
@@ -268,6 +268,6 @@ def fit_folds_lockstep(
     attrs["best_epoch"] = max(1, round(float(np.mean(best_epoch))))
     attrs["val_metrics"] = mean_metrics(fold_metrics)
     with torch.no_grad():  # leave the model at each fold's best weights (for callers that inspect it)
-        for kept, p in zip(best_params, parameters, strict=True):
-            p.copy_(kept)
+        for best_p, p in zip(best_params, parameters, strict=True):
+            p.copy_(best_p)
     return float(np.mean(values))
