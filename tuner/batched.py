@@ -142,10 +142,12 @@ def fit_folds_lockstep(
     parameters = [p for p in model.parameters()]
 
     tensors = [objective._fold_tensors(i) for i in range(K)]
-    Xs, _ = _stack_rows([t[0] for t in tensors])
-    ys, _ = _stack_rows([t[1] for t in tensors])
-    Xv, val_mask = _stack_rows([t[2] for t in tensors])
-    yv, _ = _stack_rows([t[3] for t in tensors])
+    stacked = getattr(objective, "_stacked_folds", None)
+    if stacked is None:  # padded once per objective, reused by every trial
+        stacked = (_stack_rows([t[0] for t in tensors])[0], _stack_rows([t[1] for t in tensors])[0],
+                   *_stack_rows([t[2] for t in tensors]), _stack_rows([t[3] for t in tensors])[0])
+        objective._stacked_folds = stacked  # type: ignore[attr-defined]
+    Xs, ys, Xv, val_mask, yv = stacked
     n_train = [len(t[0]) for t in tensors]
     n_val = [len(t[2]) for t in tensors]
     val_count = val_mask.sum(1).to(Xv.dtype)
