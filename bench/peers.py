@@ -22,6 +22,7 @@ Every comparison is interleaved per seed (3 seeds; ``--quick``: 1 seed, smaller 
 from __future__ import annotations
 
 import copy
+import json
 import os
 import tempfile
 import time
@@ -32,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from bench.common import (
+    RESULTS,
     Timer,
     banner,
     load_example,
@@ -425,6 +427,12 @@ def main() -> None:
     if "sklearn" in only:
         payload["sklearn"] = part_sklearn(seeds, 4 if args.quick else 20, 10 if args.quick else 30, jobs)
     payload["total_s"] = round(time.perf_counter() - started, 1)
+    previous = RESULTS / "peers.json"
+    if args.only and not args.quick and previous.is_file():  # a partial re-run keeps the other parts' figures
+        old = json.loads(previous.read_text())
+        for part in ("textbook", "sklearn", "kfold_cost", "overhead"):
+            if part not in payload and part in old:
+                payload[part] = {**old[part], "from_run": old.get("date")}
     write_result("peers", payload, quick=args.quick, no_write=args.no_write)
 
 

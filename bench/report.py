@@ -195,6 +195,8 @@ def peers(r: dict[str, Any]) -> tuple[str, list[list[str]]]:
         lines.append(table(["variant", "wall s", "epochs", "test accuracy", "wall / textbook", "test points vs textbook"],
                            rows, digits=[0, 2, 0, 4, 2, 2]))
         lines.append("")
+        if t.get("from_run"):
+            lines += [f"(These rows come from the full run of {t['from_run']}.)", ""]
         for v, limit in ((f"memory-j{jobs}", 0.5), (f"sqlite-j{jobs}", 0.5), ("memory-j1", 0.8), ("sqlite-j1", 0.8)):
             s = t["summary"].get(v)
             if s is None:
@@ -209,6 +211,8 @@ def peers(r: dict[str, Any]) -> tuple[str, list[list[str]]]:
         rows = []
         n_ok = 0
         for ds, s in r["sklearn"].items():
+            if ds == "from_run":
+                continue
             rows.append([ds, s["sklearn_median_wall_s"], s["tuner_median_wall_s"], s["wall_ratio"],
                          s["sklearn_median_test"], s["tuner_median_test"], s["tuner_median_epochs"]])
             n_ok += bool(s["test_not_worse"])
@@ -221,6 +225,8 @@ def peers(r: dict[str, Any]) -> tuple[str, list[list[str]]]:
         lines.append("")
         lines.append("Test score: accuracy (classification), R² (diabetes); medians over the seeds.")
         lines.append("")
+        if r["sklearn"].get("from_run"):
+            lines += [f"(These rows come from the full run of {r['sklearn']['from_run']}.)", ""]
     if "kfold_cost" in r:
         k = r["kfold_cost"]["summary"]
         lines.append("**K-fold trial cost** (breast_cancer example, pruner none, random sampler: the same params "

@@ -145,10 +145,12 @@ def fit_folds_lockstep(
     parameters = [p for p in model.parameters()]
 
     tensors = [objective._fold_tensors(i) for i in range(K)]
-    Xs, _ = _stack_rows([t[0] for t in tensors])
-    ys, _ = _stack_rows([t[1] for t in tensors])
-    Xv, val_mask = _stack_rows([t[2] for t in tensors])
-    yv, _ = _stack_rows([t[3] for t in tensors])
+    stacked = getattr(objective, "_stacked_folds", None)
+    if stacked is None:  # padded once per objective, reused by every trial
+        stacked = (_stack_rows([t[0] for t in tensors])[0], _stack_rows([t[1] for t in tensors])[0],
+                   *_stack_rows([t[2] for t in tensors]), _stack_rows([t[3] for t in tensors])[0])
+        objective._stacked_folds = stacked  # type: ignore[attr-defined]
+    Xs, ys, Xv, val_mask, yv = stacked
     n_train = [len(t[0]) for t in tensors]
     n_val = [len(t[2]) for t in tensors]
     val_count = val_mask.sum(1).to(Xv.dtype)
@@ -241,15 +243,15 @@ def fit_folds_lockstep(
         if improved:
             sel = torch.tensor(improved, device=device)
             with torch.no_grad():
-                for kept, p in zip(best_params, parameters, strict=True):
-                    kept[sel] = p.detach()[sel]
+                for best_p, p in zip(best_params, parameters, strict=True):
+                    best_p[sel] = p.detach()[sel]
         current = [val_curves[k][-1] if active[k] else best_value[k] for k in range(K)]
         for k in range(K):
             if active[k] and since_best[k] >= cfg.patience:
                 active[k] = False
                 with torch.no_grad():  # frozen at its best weights from now on
-                    for kept, p in zip(best_params, parameters, strict=True):
-                        p[k] = kept[k]
+                    for best_p, p in zip(best_params, parameters, strict=True):
+                        p[k] = best_p[k]
         mean = float(np.mean([c for c in current if c is not None]))
         if reporter(mean, epoch):
             _finish_attrs()
@@ -273,6 +275,6 @@ def fit_folds_lockstep(
     attrs["best_epoch"] = max(1, round(float(np.mean(best_epoch))))
     attrs["val_metrics"] = mean_metrics(fold_metrics)
     with torch.no_grad():  # leave the model at each fold's best weights (for callers that inspect it)
-        for kept, p in zip(best_params, parameters, strict=True):
-            p.copy_(kept)
+        for best_p, p in zip(best_params, parameters, strict=True):
+            p.copy_(best_p)
     return float(np.mean(values))

@@ -142,7 +142,7 @@ def search_parallel(
     # can deadlock its forked children. The fork server is a clean single-threaded process, started once
     # per Python process with the heavy imports done, that forks the workers cheaply.
     forkserver = "forkserver" in mp.get_all_start_methods()
-    ctx = mp.get_context("forkserver" if forkserver else "spawn")
+    ctx: Any = mp.get_context("forkserver" if forkserver else "spawn")
     if forkserver:
         ctx.set_forkserver_preload(["torch", "optuna", "sklearn", "tuner.objective", "tuner.runner"])
     counter = ctx.Value("i", 0)

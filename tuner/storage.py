@@ -29,8 +29,9 @@ def apply_sqlite_pragmas(storage: optuna.storages.BaseStorage) -> optuna.storage
     """Give an RDB storage on SQLite the pragmas above on every connection; other storages unchanged."""
     backend = getattr(storage, "_backend", storage)
     engine = getattr(backend, "engine", None)
-    sqlite = isinstance(backend, optuna.storages.RDBStorage) and engine is not None and engine.dialect.name == "sqlite"
-    if sqlite and not event.contains(engine, "connect", _on_connect):
+    if not isinstance(backend, optuna.storages.RDBStorage) or engine is None or engine.dialect.name != "sqlite":
+        return storage
+    if not event.contains(engine, "connect", _on_connect):
         event.listen(engine, "connect", _on_connect)
         engine.dispose()  # connections opened while Optuna created its tables reconnect with the pragmas
     return storage
