@@ -109,14 +109,6 @@ def _row_loss(task: str, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (out.squeeze(-1) - y) ** 2
 
 
-def _improved(value: float, best: float | None, cfg: TrainConfig) -> bool:
-    if best is None:
-        return True
-    if cfg.direction == "minimize":
-        return value < best - cfg.min_delta
-    return value > best + cfg.min_delta
-
-
 def fit_folds_lockstep(
     objective: Objective, trial: optuna.Trial, params: dict[str, Any], attrs: dict[str, Any], reporter: Reporter
 ) -> float:
@@ -234,7 +226,7 @@ def fit_folds_lockstep(
                 _finish_attrs()
                 raise TrialConfigError(f"validation {cfg.objective} is {value} at epoch {epoch} (fold {k})")
             val_curves[k].append(value)
-            if _improved(value, best_value[k], cfg):
+            if improved(value, best_value[k], cfg):
                 best_value[k], best_epoch[k], best_out[k], best_loss[k] = value, epoch, out_k, val_loss[k]
                 since_best[k] = 0
                 improved.append(k)

@@ -100,9 +100,9 @@ class DatasetSpec(_Model):
         given = [k for k in ("builtin", "path", "id") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError("give exactly one of 'builtin', 'path' or 'id'")
-        if self.path is not None and Path(self.path).suffix.lower() in (".csv", ".parquet", ".pq"):
-            if not self.target:
-                raise ValueError("target: is required for a CSV or Parquet file")
+        tabular = self.path is not None and Path(self.path).suffix.lower() in (".csv", ".parquet", ".pq")
+        if tabular and not self.target:
+            raise ValueError("target: is required for a CSV or Parquet file")
         if self.builtin is not None and self.task is not None and self.task != BUILTIN_DATASETS[self.builtin]:
             raise ValueError(f"task: the builtin data set '{self.builtin}' is {BUILTIN_DATASETS[self.builtin]}")
         return self
@@ -658,9 +658,9 @@ def _check_param(name: str, p: ParamSpec) -> list[str]:
         if name == "lr" and v <= 0:  # a zero learning rate trains nothing
             errors.append(f"{where}: {v!r} must be > 0")
             break
-    if name in ("batch_size", "n_layers", "hidden_units") and p.kind == "range" and p.step is not None:
-        if float(p.step) != int(p.step):
-            errors.append(f"{where}.step: must be an integer")
+    integer = name in ("batch_size", "n_layers", "hidden_units") and p.kind == "range" and p.step is not None
+    if integer and float(p.step) != int(p.step):  # type: ignore[arg-type]
+        errors.append(f"{where}.step: must be an integer")
     return errors
 
 

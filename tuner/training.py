@@ -187,7 +187,8 @@ def epoch_value(
         raise ValueError(f"objective {objective} does not fit a regression task")
 
 
-def _improved(value: float, best: float | None, cfg: TrainConfig) -> bool:
+def improved(value: float, best: float | None, cfg: TrainConfig) -> bool:
+    """Whether ``value`` beats ``best`` by more than ``min_delta`` in the objective's direction."""
     if best is None:
         return True
     if cfg.direction == "minimize":
@@ -260,7 +261,7 @@ def fit(
         if not math.isfinite(value):
             raise TrialConfigError(f"validation {cfg.objective} is {value} at epoch {epoch}")
         result.val_curve.append(value)
-        if _improved(value, result.best_value, cfg):
+        if improved(value, result.best_value, cfg):
             result.best_epoch, result.best_value = epoch, value
             best_out, best_loss = out, val_loss
             params = list(model.state_dict().values())
