@@ -24,6 +24,7 @@ PARTS = [
     ("api_load", "6. API under load"),
     ("growth", "7. Growth"),
     ("peers", "8. Against the script a user would write (issue 10)"),
+    ("plots", "9. Plots at 5,000 trials"),
 ]
 
 
@@ -251,6 +252,14 @@ def peers(r: dict[str, Any]) -> tuple[str, list[list[str]]]:
 
 
 RENDER["peers"] = peers
+
+
+def plots(r: dict[str, Any]) -> tuple[str, list[list[str]]]:
+    """The figures and their analysis are in bench/notes.md (``## plots``), written for the run in the JSON."""
+    return "", []
+
+
+RENDER["plots"] = plots
 
 
 def main() -> None:
