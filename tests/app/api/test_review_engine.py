@@ -1,0 +1,31 @@
+"""Hostile-use review of the prediction path: what a careless or malicious user sends to ``/predict``."""
+
+from __future__ import annotations
+
+import io
+
+import pandas as pd
+
+from tests.app.api.test_results import _features, iris_job  # noqa: F401 - the fixture is used by name
+
+
+def test_predict_csv_upload_gets_the_upload_limit_not_the_json_limit(client, iris_job, settings):  # noqa: F811
+    url = f"/jobs/{iris_job['job']['id']}/predict"
+    X = _features(iris_job["csv"])
+    big = pd.concat([X] * 900, ignore_index=True)  # 9,000 rows of 12-decimal numbers: ~500 KiB, over the 256 KiB JSON limit
+    content = big.to_csv(index=False, float_format="%.12f").encode()
+    assert settings.max_json_bytes < len(content) < settings.max_upload_bytes
+    r = client.post(url, files={"file": ("rows.csv", content)})
+    assert r.status_code == 200, r.text
+    assert r.json()["n_rows"] == len(big)
+    # JSON rows share the route's limit (the route checks both against the upload limit)
+    r = client.post(url, content=b"[" + b" " * (settings.max_upload_bytes + 100_000) + b"]",
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 413 and isinstance(r.json()["detail"], str)
+    # other routes keep the JSON limit
+    r = client.post("/jobs", content=b"[" + b" " * (settings.max_json_bytes + 10) + b"]",
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 413 and isinstance(r.json()["detail"], str)
+    # and a file past the upload limit is refused with JSON
+    r = client.post(url, files={"file": ("rows.csv", io.BytesIO(b"0" * (settings.max_upload_bytes + 100_000)))})
+    assert r.status_code == 413 and isinstance(r.json()["detail"], str)
