@@ -29,3 +29,22 @@ def test_predict_csv_upload_gets_the_upload_limit_not_the_json_limit(client, iri
     # and a file past the upload limit is refused with JSON
     r = client.post(url, files={"file": ("rows.csv", io.BytesIO(b"0" * (settings.max_upload_bytes + 100_000)))})
     assert r.status_code == 413 and isinstance(r.json()["detail"], str)
+
+
+def test_predict_huge_numbers_are_422_not_null_probabilities_or_500(client, iris_job):  # noqa: F811
+    url = f"/jobs/{iris_job['job']['id']}/predict"
+    good = _features(iris_job["csv"]).iloc[0].tolist()
+    # 1e308 is finite as a float64 but overflows the model's float32: it used to answer 200 with null
+    # probabilities and an arbitrary label
+    r = client.post(url, json={"rows": [good, [1e308, *good[1:]]]})
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"][0]["loc"] == ["body", "rows", 1]
+    assert "not finite" in r.json()["detail"][0]["msg"]
+    csv = b"sepal length (cm),sepal width (cm),petal length (cm),petal width (cm)\n1e308,3.5,1.4,0.2\n"
+    r = client.post(url, files={"file": ("rows.csv", csv)})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "file", 0]
+    # an integer too large for any float (JSON allows it) used to be a 500 (OverflowError)
+    raw = b'{"rows": [[1' + b"0" * 400 + b', 3.5, 1.4, 0.2]]}'
+    r = client.post(url, content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"][0]["msg"] == "row 0, column 'sepal length (cm)': infinite value"
