@@ -30,7 +30,7 @@ from tuner.errors import StopRequested, TrialConfigError
 from tuner.metrics import compute_metrics
 from tuner.models import MLP, build_model
 from tuner.spec import JobSpec
-from tuner.training import TrainConfig, epoch_value, make_optimizer
+from tuner.training import TrainConfig, epoch_value, improved, make_optimizer
 
 if TYPE_CHECKING:
     from tuner.data import PreparedData
@@ -207,7 +207,7 @@ def fit_folds_lockstep(
             rows = _row_loss(task, out, yv)
             val_loss_t = torch.where(val_mask, rows, 0).sum(1) / val_count * loss_scales
         val_loss = val_loss_t.tolist()
-        improved = []
+        improved_folds: list[int] = []
         for k in range(K):
             if not active[k]:
                 continue
@@ -229,11 +229,11 @@ def fit_folds_lockstep(
             if improved(value, best_value[k], cfg):
                 best_value[k], best_epoch[k], best_out[k], best_loss[k] = value, epoch, out_k, val_loss[k]
                 since_best[k] = 0
-                improved.append(k)
+                improved_folds.append(k)
             else:
                 since_best[k] += 1
-        if improved:
-            sel = torch.tensor(improved, device=device)
+        if improved_folds:
+            sel = torch.tensor(improved_folds, device=device)
             with torch.no_grad():
                 for best_p, p in zip(best_params, parameters, strict=True):
                     best_p[sel] = p.detach()[sel]
