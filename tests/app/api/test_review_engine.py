@@ -48,3 +48,11 @@ def test_predict_huge_numbers_are_422_not_null_probabilities_or_500(client, iris
     r = client.post(url, content=raw, headers={"content-type": "application/json"})
     assert r.status_code == 422, r.text
     assert r.json()["detail"][0]["msg"] == "row 0, column 'sepal length (cm)': infinite value"
+
+
+def test_predict_deeply_nested_json_is_422_not_500(client, iris_job):  # noqa: F811
+    url = f"/jobs/{iris_job['job']['id']}/predict"
+    deep = b'{"rows": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"  # 100 KB, under every body limit
+    r = client.post(url, content=deep, headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"][0]["msg"] == "is not valid JSON (nested too deeply)"
