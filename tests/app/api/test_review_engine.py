@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 
 import pandas as pd
 
@@ -56,3 +57,21 @@ def test_predict_deeply_nested_json_is_422_not_500(client, iris_job):  # noqa: F
     r = client.post(url, content=deep, headers={"content-type": "application/json"})
     assert r.status_code == 422, r.text
     assert r.json()["detail"][0]["msg"] == "is not valid JSON (nested too deeply)"
+
+
+def test_kfold_regression_job_predicts_in_target_units(client, settings, spec_dict):
+    from sklearn.datasets import load_diabetes
+
+    from tests.app.api.test_results import _finish
+
+    job = client.post("/jobs", json=spec_dict(
+        dataset={"builtin": "diabetes"}, split={"validation": {"kind": "kfold", "k": 2}},
+        budget={"n_trials": 2, "max_epochs": 2})).json()
+    assert _finish(client, settings, job["id"])["status"] == "succeeded"
+    bundle = client.get(f"/jobs/{job['id']}/result").json()
+    assert len(bundle["best"]["folds"]["values"]) == 2
+    assert bundle["best"]["value"] > 100  # MSE in the target's units (diabetes progression, std ~77)
+    X = load_diabetes().data[:3]
+    r = client.post(f"/jobs/{job['id']}/predict", json={"rows": X.tolist()})
+    assert r.status_code == 200, r.text
+    assert len(r.json()["predictions"]) == 3 and all(math.isfinite(p["value"]) for p in r.json()["predictions"])
