@@ -78,7 +78,7 @@ def _huge_int_as_inf(value: Any) -> Any:
 
 def not_finite_rows(outputs: np.ndarray) -> list[Problem]:
     """A problem for each row whose model output is NaN or infinite (values far outside the training range)."""
-    bad = ~np.isfinite(outputs.reshape(len(outputs), -1)).all(axis=1)
+    bad = ~np.isfinite(outputs if outputs.ndim == 2 else outputs.reshape(-1, 1)).all(axis=1)
     return [Problem(int(i), None, "the model's output is not finite (values far outside the training data's range?)")
             for i in np.flatnonzero(bad)]
 
@@ -120,6 +120,9 @@ def check_frame(
                 problems.append(Problem(int(i), col, "infinite value"))
             out[col] = values
         else:
+            nested = s.map(lambda v: isinstance(v, (list, dict, tuple, set))).to_numpy(dtype=bool)
+            for i in np.flatnonzero(nested):  # a JSON list/object is no category (it was silently "unseen")
+                problems.append(Problem(int(i), col, f"must be a single value (text or number), not {s.iloc[i]!r}"))
             out[col] = s.astype(object)
         if impute == "none":
             for i in np.flatnonzero(missing):

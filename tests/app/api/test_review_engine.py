@@ -75,3 +75,20 @@ def test_kfold_regression_job_predicts_in_target_units(client, settings, spec_di
     r = client.post(f"/jobs/{job['id']}/predict", json={"rows": X.tolist()})
     assert r.status_code == 200, r.text
     assert len(r.json()["predictions"]) == 3 and all(math.isfinite(p["value"]) for p in r.json()["predictions"])
+
+
+def test_predict_list_or_object_in_a_categorical_column_is_422(client, settings, spec_dict, upload):
+    from tests.app.api.test_results import _finish
+
+    rows = "x,colour,y\n" + "".join(f"{i / 10},{['red', 'blue'][i % 2]},{i % 2}\n" for i in range(40))
+    ds = upload(rows.encode(), filename="c.csv", target="y").json()
+    job = client.post("/jobs", json=spec_dict(dataset={"id": ds["id"]}, budget={"n_trials": 1})).json()
+    assert _finish(client, settings, job["id"])["status"] == "succeeded"
+    url = f"/jobs/{job['id']}/predict"
+    assert client.post(url, json={"rows": [[0.5, "red"], [0.5, "never seen"]]}).status_code == 200
+    r = client.post(url, json={"rows": [[0.5, "red"], [0.5, ["red"]], {"x": 1, "colour": {"a": 1}}]})
+    assert r.status_code == 422, r.text
+    assert [(d["loc"], d["msg"]) for d in r.json()["detail"]] == [
+        (["body", "rows", 1, "colour"], "row 1, column 'colour': must be a single value (text or number), not ['red']"),
+        (["body", "rows", 2, "colour"], "row 2, column 'colour': must be a single value (text or number), not {'a': 1}"),
+    ]
