@@ -79,6 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     limits.configure(settings.limits())
     install_error_handlers(app, default_body_limit=(settings.max_json_bytes, 0), body_limits={
         ("POST", "/datasets"): (settings.max_upload_bytes, 64 * 1024),  # the file plus the multipart framing
+        ("POST", "/jobs/{job_id}/predict"): (settings.max_upload_bytes, 64 * 1024),  # CSV/Parquet rows
     })
     install_security(app, settings)
     app.state.settings = settings

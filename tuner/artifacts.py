@@ -18,7 +18,7 @@ from torch import nn
 
 from tuner.data import PreparedData, Preprocessor
 from tuner.models import build_model
-from tuner.predict import check_frame, rows_to_frame
+from tuner.predict import InputError, check_frame, not_finite_rows, rows_to_frame
 from tuner.spec import JobSpec
 from tuner.training import predict_outputs
 
@@ -115,12 +115,17 @@ class LoadedModel:
         if self.task == "classification":
             assert self.classes is not None
             proba = self.predict_proba(frame)
+            if problems := not_finite_rows(proba):
+                raise InputError(problems)
             names = [str(c) for c in self.classes]
             return [
                 {"label": self.classes[int(k)], "probabilities": dict(zip(names, map(float, row), strict=True))}
                 for k, row in zip(proba.argmax(axis=1), proba, strict=True)
             ]
-        return [{"value": float(v)} for v in self.predict(frame)]
+        values = self.predict(frame)
+        if problems := not_finite_rows(np.asarray(values, dtype=np.float64)):
+            raise InputError(problems)
+        return [{"value": float(v)} for v in values]
 
     def predict(self, X: Any) -> np.ndarray:
         """Class labels (as in the data) or regression values in the target's units."""

@@ -207,7 +207,7 @@ def fit_folds_lockstep(
             rows = _row_loss(task, out, yv)
             val_loss_t = torch.where(val_mask, rows, 0).sum(1) / val_count * loss_scales
         val_loss = val_loss_t.tolist()
-        better: list[int] = []
+        improved_folds: list[int] = []
         for k in range(K):
             if not active[k]:
                 continue
@@ -229,11 +229,11 @@ def fit_folds_lockstep(
             if improved(value, best_value[k], cfg):
                 best_value[k], best_epoch[k], best_out[k], best_loss[k] = value, epoch, out_k, val_loss[k]
                 since_best[k] = 0
-                better.append(k)
+                improved_folds.append(k)
             else:
                 since_best[k] += 1
-        if better:
-            sel = torch.tensor(better, device=device)
+        if improved_folds:
+            sel = torch.tensor(improved_folds, device=device)
             with torch.no_grad():
                 for best_p, p in zip(best_params, parameters, strict=True):
                     best_p[sel] = p.detach()[sel]

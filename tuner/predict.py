@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["MAX_PROBLEMS", "InputError", "Problem", "check_frame", "rows_to_frame"]
+__all__ = ["MAX_PROBLEMS", "InputError", "Problem", "check_frame", "not_finite_rows", "rows_to_frame"]
 
 MAX_PROBLEMS = 20  # reported per request; one bad column in a large file should not make a huge reply
 
@@ -67,6 +67,22 @@ def rows_to_frame(rows: Sequence[Any], columns: Sequence[str]) -> pd.DataFrame:
     return pd.DataFrame(records, columns=list(columns), dtype=object)
 
 
+def _huge_int_as_inf(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            float(value)
+        except OverflowError:
+            return np.inf if value > 0 else -np.inf
+    return value
+
+
+def not_finite_rows(outputs: np.ndarray) -> list[Problem]:
+    """A problem for each row whose model output is NaN or infinite (values far outside the training range)."""
+    bad = ~np.isfinite(outputs if outputs.ndim == 2 else outputs.reshape(-1, 1)).all(axis=1)
+    return [Problem(int(i), None, "the model's output is not finite (values far outside the training data's range?)")
+            for i in np.flatnonzero(bad)]
+
+
 def check_frame(
     frame: pd.DataFrame,
     *,
@@ -94,13 +110,19 @@ def check_frame(
         missing = s.isna().to_numpy()
         if col in numeric_set:
             is_bool = s.map(lambda v: isinstance(v, (bool, np.bool_))).to_numpy(dtype=bool)
-            values = pd.to_numeric(s.where(~is_bool), errors="coerce").astype(np.float64)
+            raw = s.where(~is_bool)
+            if raw.dtype == object:  # an integer too large for a float (JSON allows any) is an infinite value
+                raw = raw.map(_huge_int_as_inf)
+            values = pd.to_numeric(raw, errors="coerce").astype(np.float64)
             for i in np.flatnonzero(~missing & (values.isna().to_numpy() | is_bool)):
                 problems.append(Problem(int(i), col, f"not a number: {s.iloc[i]!r}"))
             for i in np.flatnonzero(np.isinf(values.to_numpy())):
                 problems.append(Problem(int(i), col, "infinite value"))
             out[col] = values
         else:
+            nested = s.map(lambda v: isinstance(v, (list, dict, tuple, set))).to_numpy(dtype=bool)
+            for i in np.flatnonzero(nested):  # a JSON list/object is no category (it was silently "unseen")
+                problems.append(Problem(int(i), col, f"must be a single value (text or number), not {s.iloc[i]!r}"))
             out[col] = s.astype(object)
         if impute == "none":
             for i in np.flatnonzero(missing):

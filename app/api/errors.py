@@ -9,6 +9,7 @@ the OpenAPI schema.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -89,7 +90,8 @@ class BodyLimitMiddleware:
     """Refuse a request body past its route's limit while it streams in, before it is spooled or parsed.
 
     ``limits`` maps ``(method, path)`` to ``(bytes, allowance)``: the body may be ``bytes + allowance``
-    long (the allowance covers multipart framing); every other request gets ``default``. A
+    long (the allowance covers multipart framing); every other request gets ``default``. A path may be a
+    route template (``/jobs/{job_id}/predict``): each ``{...}`` matches one path segment. A
     ``Content-Length`` over it is refused without reading; otherwise bytes are counted message by message
     and reading stops with 413 past it.
     """
@@ -98,13 +100,26 @@ class BodyLimitMiddleware:
         self, app: ASGIApp, limits: Mapping[tuple[str, str], tuple[int, int]], default: tuple[int, int] | None = None
     ) -> None:
         self.app = app
-        self.limits = dict(limits)
+        self.limits = {key: v for key, v in limits.items() if "{" not in key[1]}
+        self.templates = [
+            (method, re.compile(re.sub(r"\\\{[^/]*?\\\}", "[^/]+", re.escape(path.rstrip("/")))), v)
+            for (method, path), v in limits.items() if "{" in path
+        ]
         self.default = default
+
+    def _limit(self, method: str, path: str) -> tuple[int, int] | None:
+        path = path.rstrip("/") or "/"
+        if (method, path) in self.limits:
+            return self.limits[(method, path)]
+        for m, pattern, value in self.templates:
+            if m == method and pattern.fullmatch(path):
+                return value
+        return self.default
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         entry = None
         if scope["type"] == "http":
-            entry = self.limits.get((scope["method"], scope["path"].rstrip("/") or "/"), self.default)
+            entry = self._limit(scope["method"], scope["path"])
         if entry is None:
             await self.app(scope, receive, send)
             return

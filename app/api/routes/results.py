@@ -76,6 +76,8 @@ async def predict(job_id: str, request: Request, session: SessionDep, storage: S
             body = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise field_error(["body"], "is not valid JSON") from None
+        except RecursionError:  # e.g. [[[[...]]]] nested past Python's recursion limit
+            raise field_error(["body"], "is not valid JSON (nested too deeply)") from None
         try:
             rows = PredictRequest.model_validate(body).rows
         except ValidationError as exc:
