@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["Conflict", "DomainError", "FieldErrors", "NotFound", "NotReady", "PayloadTooLarge", "QuotaExceeded",
+__all__ = ["Conflict", "DomainError", "FieldErrors", "Forbidden", "NotFound", "NotReady", "PayloadTooLarge", "QuotaExceeded",
            "field_error"]
 
 
@@ -20,6 +20,10 @@ class DomainError(Exception):
     def __init__(self, detail: str | list[dict[str, Any]]) -> None:
         super().__init__(detail if isinstance(detail, str) else "; ".join(d["msg"] for d in detail))
         self.detail = detail
+
+
+class Forbidden(DomainError):
+    status_code = 403
 
 
 class NotFound(DomainError):

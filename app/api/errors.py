@@ -53,7 +53,7 @@ def _response(description: str) -> dict[str, Any]:
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: _response("Malformed request body (not JSON / multipart)"),
     401: _response("An API key is required (keys exist), or the key is wrong or revoked"),
-    403: _response("Refused: a POST without JSON, a bearer key or X-Requested-With, or an admin-only path"),
+    403: _response("Refused: a POST without JSON, a bearer key or X-Requested-With, an admin-only path or force"),
     404: _response("No such resource"),
     409: _response("Conflicts with the resource's state"),
     413: _response("Request body larger than the limit"),

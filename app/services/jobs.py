@@ -16,7 +16,7 @@ from app.errors import Conflict, FieldErrors, NotFound, field_error
 from app.liveness import live_workers
 from app.models import FINISHED_STATUSES, Dataset, Job, JobStatus, SlotRelease, utcnow
 from app.services.summary import bump_version, job_etag
-from app.services.tenancy import Principal, can_see, owned
+from app.services.tenancy import Principal, can_see, owned, require_admin
 from tuner.spec import JobSpec, memory_errors, objective_errors
 
 PATH_REFUSED = "dataset.path: server file paths are not accepted; upload the file with POST /datasets"
@@ -140,6 +140,8 @@ def cancel_job(
     flag), a running or finalising job is cancelled at once and its running trials are marked failed.
     """
     job = get_job(session, job_id, principal=principal)
+    if force:
+        require_admin(principal, "force=true")
     now = utcnow()
     res = session.execute(
         sa.update(Job).where(Job.id == job_id, Job.status == JobStatus.queued.value)
@@ -195,6 +197,8 @@ def delete_job(
     """Remove the job, its study and its artifacts; refused while it runs or is being finalised by a live
     worker (``force`` deletes it anyway; with no live worker it is deleted at once)."""
     job = get_job(session, job_id, principal=principal)
+    if force:
+        require_admin(principal, "force=true")
     query = sa.delete(Job).where(Job.id == job_id)
     if not force and live_workers(session, grace_period) > 0:
         query = query.where(Job.status.not_in([JobStatus.running.value, JobStatus.finalizing.value]))

@@ -11,9 +11,10 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
+from app.errors import Forbidden
 from app.models import DEFAULT_TENANT
 
-__all__ = ["ANONYMOUS", "Principal", "can_see", "owned"]
+__all__ = ["ANONYMOUS", "Principal", "can_see", "owned", "require_admin"]
 
 S = TypeVar("S", bound=sa.Select[Any])
 
@@ -37,3 +38,9 @@ def owned(stmt: S, model: Any, principal: Principal) -> S:
 
 def can_see(row: Any, principal: Principal) -> bool:
     return principal.admin or row.tenant == principal.tenant
+
+
+def require_admin(principal: Principal, what: str) -> None:
+    """403 unless ``principal`` is an admin (the anonymous single-user caller is one)."""
+    if not principal.admin:
+        raise Forbidden(f"{what} needs an admin key")

@@ -90,7 +90,7 @@ def read_trials(
     return {"items": [trial_dict(t) for t in trials], "total": total, "limit": limit, "offset": offset}
 
 
-ForceQ = Annotated[bool, Query(description="act at once, even while a live worker runs the job")]
+ForceQ = Annotated[bool, Query(description="act at once, even while a live worker runs the job (admin keys only)")]
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic)

@@ -307,3 +307,27 @@ def test_bearer_header_passes_the_post_guard(api, make_key, iris_csv):
     assert _upload(api, token, iris_csv).status_code == 201  # multipart + bearer, no X-Requested-With
     r = api.post("/datasets", files={"file": ("iris.csv", iris_csv)}, data={"target": "species"}, headers=XRW)
     assert r.status_code == 401  # the custom header alone does not replace the key
+
+
+# ----------------------------------------------------------------------------- force (admin only)
+def test_force_is_admin_only_when_keys_exist(api, make_key, spec_dict, iris_csv):
+    a, admin = make_key("a"), make_key("ops", admin=True)
+    ids = _owned(api, a, spec_dict, iris_csv)
+    r = api.post(f"/jobs/{ids['job']}/cancel?force=true", headers=bearer(a))
+    assert r.status_code == 403, r.text
+    assert api.delete(f"/jobs/{ids['job']}?force=true", headers=bearer(a)).status_code == 403
+    assert api.get(f"/jobs/{ids['job']}", headers=bearer(a)).json()["status"] == "queued"
+    # another tenant still gets 404, not a hint that the job exists
+    b = make_key("b")
+    assert api.post(f"/jobs/{ids['job']}/cancel?force=true", headers=bearer(b)).status_code == 404
+    # without force the owner may cancel; an admin may force
+    assert api.post(f"/jobs/{ids['job']}/cancel", headers=bearer(a)).json()["status"] == "cancelled"
+    assert api.delete(f"/jobs/{ids['job']}?force=true", headers=bearer(admin)).status_code == 204
+
+
+def test_force_allowed_without_keys(api, spec_dict):
+    r = api.post("/jobs", json=spec_dict(), headers={"X-Requested-With": "t"})
+    assert r.status_code == 201, r.text
+    job = r.json()["id"]
+    r = api.post(f"/jobs/{job}/cancel?force=true", headers={"X-Requested-With": "t"})
+    assert r.status_code == 200 and r.json()["status"] == "cancelled"
