@@ -32,7 +32,7 @@ from app.core.config import Settings
 from app.db import get_engine, make_storage, release_slot, session_scope
 from app.liveness import count_failure, reap_dead_workers, set_phase, unregister_worker, worker_beat
 from app.models import Dataset, Job, JobStatus, utcnow
-from app.services.summary import SummaryCallback, refreshing_first, try_refresh
+from app.services.summary import SummaryCallback, refreshing_first, summary_values, try_refresh
 from tuner.data import PreparedData, prepare_data
 from tuner.errors import StopRequested
 from tuner.limits import configure as configure_limits
@@ -428,14 +428,17 @@ class Worker:
                                device=self.settings.device)
             result = build_result(ctx.study)
             with session_scope(self.engine, write=True) as s:
+                # status, test metrics and the final summary (model path included) in one change: a client
+                # waiting for "succeeded" never sees it without the model
+                values = summary_values(s, job.id)
+                values["best_trial"] = values.get("best_trial") or _jsonable(result["best_trial"])
                 s.execute(
                     sa.update(Job)
                     .where(Job.id == job.id, Job.status == JobStatus.finalizing.value,
                            Job.finalized_by == self.worker_id)
                     .values(status=JobStatus.succeeded.value, test_metrics=_jsonable(metrics),
-                            best_trial=_jsonable(result["best_trial"]), finished_at=utcnow(), heartbeat_at=None)
+                            finished_at=utcnow(), heartbeat_at=None, **values)
                 )
-            try_refresh(self.engine, job.id)
             log.info("job %s succeeded: %s", job.id, metrics)
         except _INFRA_ERRORS:
             raise  # left in `finalizing`; recovered (and counted) after the grace period

@@ -25,7 +25,7 @@ from app.models import Job, utcnow
 from app.studies import read_summary
 
 __all__ = ["SummaryCallback", "bump_version", "job_etag", "refresh_summary", "refreshing_first",
-           "try_refresh"]
+           "summary_values", "try_refresh"]
 
 log = logging.getLogger(__name__)
 
@@ -33,19 +33,35 @@ log = logging.getLogger(__name__)
 def refresh_summary(engine: Engine, job_id: str) -> int | None:
     """Recount the job's study and write the summary on its row; the new ``version`` (None: no such job)."""
     with session_scope(engine, write=True) as s:
-        row = s.execute(
-            sa.select(Job.study_name, Job.version).where(Job.id == job_id).with_for_update()
-        ).first()
-        if row is None:
+        found = _summary_update(s, job_id)
+        if found is None:
             return None
-        summary = read_summary(s, row.study_name)
-        s.execute(
-            sa.update(Job).where(Job.id == job_id).values(
-                progress=summary["counts"] or None, best_trial=_jsonable(summary["best_trial"]),
-                model_path=summary["model_path"], version=Job.version + 1, updated_at=utcnow(),
-            )
-        )
-        return int(row.version) + 1
+        version, values = found
+        s.execute(sa.update(Job).where(Job.id == job_id).values(**values))
+        return version
+
+
+def summary_values(session: Any, job_id: str) -> dict[str, Any]:
+    """The summary columns and a version bump for an UPDATE of the job row in ``session``'s write
+    transaction (the row is locked first, as :func:`refresh_summary` does), so a status change and the
+    summary it implies (a finished job's counts, best trial and model path) become visible together.
+    Empty when there is no such job."""
+    found = _summary_update(session, job_id)
+    return found[1] if found is not None else {}
+
+
+def _summary_update(session: Any, job_id: str) -> tuple[int, dict[str, Any]] | None:
+    """Lock the job row, recount its study: ``(new version, column values)``, or None (no such job)."""
+    row = session.execute(
+        sa.select(Job.study_name, Job.version).where(Job.id == job_id).with_for_update()
+    ).first()
+    if row is None:
+        return None
+    summary = read_summary(session, row.study_name)
+    return int(row.version) + 1, {
+        "progress": summary["counts"] or None, "best_trial": _jsonable(summary["best_trial"]),
+        "model_path": summary["model_path"], **bump_version(),
+    }
 
 
 def bump_version() -> dict[str, Any]:

@@ -59,6 +59,52 @@ def test_runs_exactly_n_trials_and_finalises_once(settings, submit):
     assert len(study.get_trials()) == 3
 
 
+def test_succeeded_is_written_with_its_model_path_and_final_counts(settings, submit, monkeypatch):
+    """The status change to succeeded carries the final summary in the same UPDATE: a client that waits for
+    "succeeded" (GET /jobs/{id}?wait=, the events stream) never sees it with no model or stale counts. The
+    worker's own refreshes are switched off, so only that UPDATE can have written them."""
+    import app.worker
+
+    seen: list[tuple[str, str | None, int]] = []
+    monkeypatch.setattr(app.worker, "try_refresh", lambda engine, job_id: seen.append(_state(settings, job_id)))
+    job_id = submit(budget={"n_trials": 2})
+    job = _drain(Worker(settings), settings, job_id)
+    assert job.status == "succeeded" and job.model_path and job.model_path.endswith("best-model.pt")
+    assert job.progress["counted"] == 2 and job.best_trial["number"] in (0, 1)
+    assert all(status != "succeeded" for status, _, _ in seen)  # no refresh needed after the status change
+
+
+def test_a_poller_racing_the_finishing_worker_never_sees_succeeded_without_its_model(settings, submit):
+    """A reader thread polls the job row while the worker runs and finalises the job concurrently."""
+    import threading
+
+    job_id = submit(budget={"n_trials": 2})
+    seen: list[tuple[str, str | None]] = []
+    done = threading.Event()
+
+    def poll() -> None:
+        while not done.is_set():
+            job = _job(settings, job_id)
+            seen.append((job.status, job.model_path))
+            time.sleep(0.005)
+
+    reader = threading.Thread(target=poll)
+    reader.start()
+    try:
+        job = _drain(Worker(settings), settings, job_id)
+    finally:
+        done.set()
+        reader.join(timeout=10)
+    seen.append((_job(settings, job_id).status, _job(settings, job_id).model_path))
+    assert job.status == "succeeded" and len(seen) > 2
+    assert all(path for status, path in seen if status == "succeeded")
+
+
+def _state(settings, job_id):
+    job = _job(settings, job_id)
+    return job.status, job.model_path, job.version
+
+
 def test_two_workers_share_slots(settings, submit):
     job_id = submit(budget={"n_trials": 2})
     a, b = Worker(settings, worker_id="host:1"), Worker(settings, worker_id="host:2")
