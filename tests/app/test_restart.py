@@ -8,7 +8,10 @@ pytestmark = pytest.mark.slow
 def test_killed_mid_job_resumes_with_exact_budget(server, spec_dict, wait_for):
     spec = spec_dict(
         name="restart", dataset={"builtin": "digits"}, model={"hidden": [32]},
-        search_space={"lr": {"low": 1e-3, "high": 1e-2, "log": True}, "batch_size": {"value": 16}},
+        # batch 4, no pruning: every trial trains 15 full epochs (seconds), so the trial seen running when the
+        # poll returns is still running when the kill lands a moment later (at batch 16 a trial took 0.4 s and
+        # could finish in between under load, leaving no trial to fail)
+        search_space={"lr": {"low": 1e-3, "high": 1e-2, "log": True}, "batch_size": {"value": 4}},
         budget={"n_trials": 4, "max_epochs": 15, "timeout_s": 300}, early_stopping={"patience": 15},
     )
     first = server(workers=1).start()
