@@ -68,11 +68,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.jobs is not None and args.jobs < 1:
         print("--jobs: must be at least 1", file=sys.stderr)
         return EXIT_BAD_SPEC
+    from tuner.forkserver import default_jobs
+
+    jobs = args.jobs if args.jobs is not None else default_jobs()
 
     import optuna
 
     from tuner.errors import TrialConfigError
-    from tuner.parallel import default_jobs
     from tuner.runner import TestAlreadyScored, run
 
     optuna.logging.set_verbosity(logging.WARNING if not args.quiet else logging.ERROR)
@@ -80,7 +82,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         result = run(
             spec, storage=args.storage, study_name=args.study_name, artifacts_dir=args.artifacts,
             progress=not args.quiet, device=args.device, num_threads=args.threads, rescore_test=args.rescore_test,
-            jobs=args.jobs if args.jobs is not None else default_jobs(),
+            jobs=jobs,
         )
     except SpecError as exc:
         print("\n".join(exc.errors), file=sys.stderr)

@@ -43,17 +43,12 @@ def add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("--limit", type=int, default=20, help="default: %(default)s")
     p.set_defaults(func=_cmd_jobs)
 
-    p = sub.add_parser("status", parents=[common], help="a job's status and progress as JSON")
-    p.add_argument("job_id", metavar="ID")
-    p.set_defaults(func=_cmd_status)
-
-    p = sub.add_parser("watch", parents=[common], help="live progress of a job until it is finished")
-    p.add_argument("job_id", metavar="ID")
-    p.set_defaults(func=_cmd_watch)
-
-    p = sub.add_parser("cancel", parents=[common], help="cancel a job")
-    p.add_argument("job_id", metavar="ID")
-    p.set_defaults(func=_cmd_cancel)
+    for name, help_text, func in (("status", "a job's status and progress as JSON", _cmd_status),
+                                  ("watch", "live progress of a job until it is finished", _cmd_watch),
+                                  ("cancel", "cancel a job", _cmd_cancel)):
+        p = sub.add_parser(name, parents=[common], help=help_text)
+        p.add_argument("job_id", metavar="ID")
+        p.set_defaults(func=func)
 
     p = sub.add_parser("result", parents=[common], help="a finished job's result bundle as JSON")
     p.add_argument("job_id", metavar="ID")

@@ -9,6 +9,7 @@ on :attr:`PreparedData.folds` only.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -31,7 +32,7 @@ from tuner.training import FitResult, TrainConfig, fit
 
 __all__ = [
     "Objective", "Reporter", "StopRequested", "TrialConfigError", "mean_metrics", "pruner_reads_values", "resolve_device",
-    "set_user_attrs", "suggest_params", "train_on_fold",
+    "suggest_params", "train_on_fold", "write_trial_attrs",
 ]
 
 _FOLD_SEED_STRIDE = 7919
@@ -46,13 +47,112 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 
 def suggest_params(trial: optuna.Trial, spec: JobSpec) -> dict[str, Any]:
-    """Suggest every dimension of the effective search space (fixed values too, so params are complete)."""
+    """Suggest every dimension of the effective search space (fixed values too, so params are complete).
+
+    On an RDB storage the parameters are written in one transaction at the end (Optuna writes each
+    ``suggest_*`` in its own): see :class:`_ParamWrites`.
+    """
     params: dict[str, Any] = {}
-    for name, p in spec.effective_search_space().items():
-        params[name] = _suggest(trial, name, p)
+    writes = _ParamWrites.install(trial)
+    try:
+        for name, p in spec.effective_search_space().items():
+            params[name] = _suggest(trial, name, p)
+    except BaseException:
+        if writes is not None:  # what was suggested before the error, as Optuna would have stored it
+            with contextlib.suppress(Exception):  # the original error is the one to report
+                writes.commit(trial)
+        raise
+    if writes is not None:
+        writes.commit(trial)
     if params.get("optimizer", "adam") == "sgd" and "momentum" not in params:
         params["momentum"] = 0.9
     return params
+
+
+class _ParamWrites:
+    """Stands in for ``trial.storage`` while a trial's parameters are suggested: Optuna's
+    ``set_trial_param`` calls (one transaction each) are kept, then written together by :meth:`commit`
+    in one transaction: the same rows and the same checks as Optuna's per-parameter helper (the trial is
+    still running; each distribution is compatible with the one the study already uses for that name),
+    with one multi-row INSERT. Everything else goes to the real storage. Only for an RDB storage."""
+
+    def __init__(self, storage: Any) -> None:
+        self._storage = storage
+        self.pending: list[tuple[int, str, float, Any]] = []
+
+    @classmethod
+    def install(cls, trial: optuna.Trial) -> _ParamWrites | None:
+        storage = getattr(trial, "storage", None)  # a FixedTrial has none
+        backend = getattr(storage, "_backend", None)
+        if not isinstance(backend, optuna.storages.RDBStorage) or not hasattr(backend, "check_trial_is_updatable"):
+            return None
+        writes = cls(storage)
+        trial.storage = writes  # type: ignore[assignment]
+        return writes
+
+    def set_trial_param(self, trial_id: int, name: str, value: float, distribution: Any) -> None:
+        known = self._known_distribution(trial_id, name)
+        if known is not None:  # refused here, before the trial caches the value, as Optuna refuses it
+            from optuna.distributions import check_distribution_compatibility
+
+            check_distribution_compatibility(known, distribution)
+        self.pending.append((trial_id, name, value, distribution))
+
+    def __getattr__(self, item: str) -> Any:
+        return getattr(self._storage, item)
+
+    def commit(self, trial: optuna.Trial) -> None:
+        trial.storage = self._storage
+        if not self.pending:
+            return
+        import sqlalchemy as sa
+        from optuna.distributions import (
+            check_distribution_compatibility,
+            distribution_to_json,
+            json_to_distribution,
+        )
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        backend = self._storage._backend
+        trial_id = self.pending[0][0]
+        with _create_scoped_session(backend.scoped_session) as session:
+            # what Optuna's per-parameter helper checks, once: the trial is still running, and each
+            # distribution is compatible with the one the study already uses for that name
+            row = models.TrialModel.find_or_raise_by_id(trial_id, session)
+            backend.check_trial_is_updatable(trial_id, row.state)
+            rows = []
+            for _, name, value, distribution in self.pending:
+                if self._known_distribution(trial_id, name) is None:  # known ones were checked when buffered
+                    record = (session.query(models.TrialParamModel).join(models.TrialModel)
+                              .filter(models.TrialModel.study_id == row.study_id)
+                              .filter(models.TrialParamModel.param_name == name).first())
+                    if record is not None:
+                        check_distribution_compatibility(json_to_distribution(record.distribution_json),
+                                                         distribution)
+                rows.append({"trial_id": trial_id, "param_name": name, "param_value": value,
+                             "distribution_json": distribution_to_json(distribution)})
+            session.execute(sa.insert(models.TrialParamModel), rows)  # one multi-row INSERT
+        for trial_id, name, _, distribution in self.pending:
+            self._remember_distribution(trial_id, name, distribution)
+        self.pending = []
+
+    def _study_info(self, trial_id: int) -> Any:
+        """The cached storage's per-study record (where it keeps each parameter's distribution), if any."""
+        try:
+            study_id, _ = self._storage._trial_id_to_study_id_and_number[trial_id]
+            return self._storage._studies[study_id]
+        except (AttributeError, KeyError):
+            return None
+
+    def _known_distribution(self, trial_id: int, name: str) -> Any:
+        info = self._study_info(trial_id)
+        return None if info is None else info.param_distribution.get(name)  # None: the storage looks it up
+
+    def _remember_distribution(self, trial_id: int, name: str, distribution: Any) -> None:
+        info = self._study_info(trial_id)
+        if info is not None:
+            info.param_distribution.setdefault(name, distribution)
 
 
 def _suggest(trial: optuna.Trial, name: str, p: ParamSpec) -> Any:
@@ -123,28 +223,73 @@ def train_on_fold(
     return model, result
 
 
-def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
-    """Write several trial user attrs at once: one transaction on an RDB storage, else one call per key.
+def write_trial_attrs(
+    trial: optuna.Trial,
+    *,
+    user: dict[str, Any] | None = None,
+    system: dict[str, Any] | None = None,
+    intermediate: dict[int, float] | None = None,
+) -> None:
+    """Write user attrs, system attrs and intermediate values of a running trial in one transaction.
 
-    Optuna has no public batch setter; its RDB storage's per-attribute helper is used inside one of its
-    own scoped sessions, the same way ``set_trial_user_attr`` uses it for a single key.
+    On an RDB storage: one read of the trial row (the same "is it still running?" check Optuna makes),
+    one read of the existing rows per kind, then the inserts/updates together - instead of Optuna's two
+    statements and one transaction per key or step. Other storages: Optuna's public per-key calls.
+    Raises Optuna's ``UpdateFinishedTrialError`` when the trial has already finished, as those calls do.
     """
-    if not attrs:
+    user, system, intermediate = user or {}, system or {}, intermediate or {}
+    if not (user or system or intermediate):
         return
     backend = getattr(trial.storage, "_backend", trial.storage)
-    if isinstance(backend, optuna.storages.RDBStorage) and hasattr(backend, "_set_trial_attr_without_commit"):
-        from optuna.storages._rdb import models
-        from optuna.storages._rdb.storage import _create_scoped_session
-
-        with _create_scoped_session(backend.scoped_session, True) as session:
-            for key, value in attrs.items():
-                backend._set_trial_attr_without_commit(
-                    session, models.TrialUserAttributeModel, trial._trial_id, key, value
-                )
-        trial._cached_frozen_trial.user_attrs.update(attrs)
+    if not isinstance(backend, optuna.storages.RDBStorage):
+        for key, value in user.items():
+            trial.set_user_attr(key, value)
+        for key, value in system.items():
+            trial.storage.set_trial_system_attr(trial._trial_id, key, value)
+        for step, value in intermediate.items():
+            trial.report(value, step)
         return
-    for key, value in attrs.items():
-        trial.set_user_attr(key, value)
+    import json
+
+    import sqlalchemy as sa
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    trial_id = trial._trial_id
+    with _create_scoped_session(backend.scoped_session) as session:
+        row = models.TrialModel.find_or_raise_by_id(trial_id, session)
+        backend.check_trial_is_updatable(trial_id, row.state)
+        for model_cls, values in ((models.TrialUserAttributeModel, user), (models.TrialSystemAttributeModel, system)):
+            if not values:
+                continue
+            existing = {a.key: a for a in session.query(model_cls).filter(
+                model_cls.trial_id == trial_id, model_cls.key.in_(list(values))).all()}
+            new_rows = []
+            for key, value in values.items():
+                if key in existing:
+                    existing[key].value_json = json.dumps(value)
+                else:
+                    new_rows.append({"trial_id": trial_id, "key": key, "value_json": json.dumps(value)})
+            if new_rows:  # one multi-row INSERT
+                session.execute(sa.insert(model_cls), new_rows)
+        if intermediate:
+            iv = models.TrialIntermediateValueModel
+            steps = {v.step: v for v in session.query(iv).filter(iv.trial_id == trial_id).all()}
+            new_rows = []
+            for step, value in intermediate.items():
+                stored, kind = iv.intermediate_value_to_stored_repr(value)
+                if step in steps:
+                    steps[step].intermediate_value, steps[step].intermediate_value_type = stored, kind
+                else:
+                    new_rows.append({"trial_id": trial_id, "step": step, "intermediate_value": stored,
+                                     "intermediate_value_type": kind})
+            if new_rows:
+                session.execute(sa.insert(iv), new_rows)
+    cached = getattr(trial, "_cached_frozen_trial", None)
+    if cached is not None:
+        cached.user_attrs.update(user)
+        cached.system_attrs.update(system)
+        cached.intermediate_values.update(intermediate)
 
 
 def pruner_reads_values(trial: optuna.Trial) -> bool:
@@ -163,17 +308,40 @@ class _CompletedTrials:
         return list(self._completed)
 
 
+class _RungView:
+    """What ``SuccessiveHalvingPruner.prune`` reads and writes, for one trial decided in process: the
+    study's trials (read from storage only when the pruner asks: at a rung's promotion step, or while no
+    trial has completed), its direction, and this trial's rung attributes (written to storage at once, as
+    Optuna does, so other workers' trials compete with them, and kept in ``own``)."""
+
+    def __init__(self, study: optuna.Study, own: dict[str, Any]) -> None:
+        self._study = study
+        self._own = own
+        self.direction = study.direction
+        self._storage = self  # the pruner writes through ``study._storage.set_trial_system_attr``
+
+    def get_trials(self, deepcopy: bool = False, states: Any = None) -> list[FrozenTrial]:
+        return self._study.get_trials(deepcopy=False, states=states)
+
+    def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+        self._study._storage.set_trial_system_attr(trial_id, key, value)
+        self._own[key] = value
+
+
 class Reporter:
     """``reporter(value, step) -> prune?``: per-step values to the pruner, touching storage only when needed.
 
     * no pruner: nothing is asked during the trial;
     * percentile and median pruners read only *completed* trials (which never change) and this trial's
       own values: they are asked here, in process, against the completed trials read once at the start;
-    * any other pruner (successive halving, hyperband, Wilcoxon, ...): ``trial.report`` and
-      ``trial.should_prune`` every step, as Optuna documents.
+    * successive halving reads other trials only at its rung promotion steps (epochs 1, 4, 16, ... with
+      the defaults) and writes this trial's rung values there: asked here, in process (:class:`_RungView`),
+      it touches storage at those steps only, instead of a report and a prune check every epoch;
+    * any other pruner (hyperband, Wilcoxon, ...): ``trial.report`` and ``trial.should_prune`` every step,
+      as Optuna documents.
 
-    In the first two cases the values are written in one transaction by :meth:`flush` at the end of the
-    trial (before Optuna records its state), so the study holds the same intermediate values either way.
+    In the first three cases the values are written in one transaction at the end of the trial (before
+    Optuna records its state), so the study holds the same intermediate values either way.
     """
 
     def __init__(self, trial: optuna.Trial) -> None:
@@ -184,7 +352,11 @@ class Reporter:
             self.mode = "none"
         elif type(self.pruner) in (optuna.pruners.MedianPruner, optuna.pruners.PercentilePruner):
             self.mode = "local"
-            self._view = _CompletedTrials(trial.study)
+            self._view: Any = _CompletedTrials(trial.study)
+        elif type(self.pruner) is optuna.pruners.SuccessiveHalvingPruner:
+            self.mode = "local"
+            self._system = trial._cached_frozen_trial.system_attrs  # rung keys written so far, kept current
+            self._view = _RungView(trial.study, self._system)
         else:
             self.mode = "optuna"
 
@@ -195,27 +367,16 @@ class Reporter:
         self.values[step] = value
         if self.mode == "none":
             return False
-        own = SimpleNamespace(last_step=step, intermediate_values=self.values, _trial_id=self.trial._trial_id)
+        own = SimpleNamespace(last_step=step, intermediate_values=self.values, _trial_id=self.trial._trial_id,
+                              system_attrs=getattr(self, "_system", {}))
         return bool(self.pruner.prune(self._view, own))  # type: ignore[arg-type]
 
-    def flush(self) -> None:
-        """Write the values kept in process (no-op for the ``optuna`` mode, which reported as it went)."""
-        if self.mode == "optuna" or not self.values:
-            return
-        backend = getattr(self.trial.storage, "_backend", self.trial.storage)
-        if isinstance(backend, optuna.storages.RDBStorage) and hasattr(
-            backend, "_set_trial_intermediate_value_without_commit"
-        ):
-            from optuna.storages._rdb.storage import _create_scoped_session
-
-            with _create_scoped_session(backend.scoped_session, True) as session:
-                for step, value in self.values.items():
-                    backend._set_trial_intermediate_value_without_commit(session, self.trial._trial_id, step, value)
-            self.trial._cached_frozen_trial.intermediate_values.update(self.values)
-        else:
-            for step, value in self.values.items():
-                self.trial.report(value, step)
-        self.values = {}
+    def take(self) -> dict[int, float]:
+        """The values kept in process and not yet written (empty for the ``optuna`` mode); forgets them."""
+        if self.mode == "optuna":
+            return {}
+        values, self.values = self.values, {}
+        return values
 
 
 class Objective:
@@ -243,6 +404,8 @@ class Objective:
         self.worker_id = worker_id
         self.artifacts_dir = Path(artifacts_dir) if artifacts_dir is not None else None
         self._tensors: dict[int, tuple[torch.Tensor, ...]] = {}
+        # system attrs written with the trial's first user attrs (tuner.runner puts the sampler seed here)
+        self.start_system_attrs: dict[str, Any] = {}
 
     def _fold_tensors(self, i: int) -> tuple[torch.Tensor, ...]:
         if i not in self._tensors:  # moved to the device once, reused by every trial
@@ -255,8 +418,9 @@ class Objective:
         first: dict[str, Any] = {"device": str(self.device)}
         if self.worker_id is not None:
             first["worker"] = self.worker_id
-        set_user_attrs(trial, first)
+        write_trial_attrs(trial, user=first, system=dict(self.start_system_attrs))
         attrs: dict[str, Any] = {}  # everything else is written once, when the trial ends
+        system: dict[str, Any] = {}
         reporter = Reporter(trial)
         try:
             params = suggest_params(trial, self.spec)
@@ -266,15 +430,15 @@ class Objective:
                 value = self._holdout(trial, params, attrs, reporter)
         except TrialConfigError as exc:
             attrs["fail_reason"] = str(exc)
-            trial.storage.set_trial_system_attr(trial._trial_id, "failure", "config")
+            system["failure"] = "config"
             raise
         except (StopRequested, KeyboardInterrupt):
-            trial.storage.set_trial_system_attr(trial._trial_id, "interrupted", True)
+            system["interrupted"] = True
             raise
         finally:
             attrs["duration_s"] = round(time.perf_counter() - started, 4)
-            reporter.flush()
-            set_user_attrs(trial, attrs)
+            # one transaction: the per-epoch values kept in process, the user attrs, the failure cause
+            write_trial_attrs(trial, user=attrs, system=system, intermediate=reporter.take())
         return value
 
     # ------------------------------------------------------------------------------------- holdout

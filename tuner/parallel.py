@@ -15,6 +15,7 @@ duration of the run, because an in-memory study cannot be shared between process
 from __future__ import annotations
 
 import multiprocessing as mp
+import multiprocessing.connection
 import os
 import socket
 import sys
@@ -28,17 +29,10 @@ import torch
 
 from tuner.data import PreparedData
 from tuner.errors import StopRequested
+from tuner.forkserver import default_jobs
 from tuner.spec import JobSpec
 
 __all__ = ["SharedStorage", "default_jobs", "release_connections", "search_parallel", "shared_storage"]
-
-
-def default_jobs() -> int:
-    """The number of cores this process may use."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
@@ -141,10 +135,9 @@ def search_parallel(
     # Not plain fork: a process that has used torch's OpenMP pool (or holds any lock in another thread)
     # can deadlock its forked children. The fork server is a clean single-threaded process, started once
     # per Python process with the heavy imports done, that forks the workers cheaply.
-    forkserver = "forkserver" in mp.get_all_start_methods()
-    ctx: Any = mp.get_context("forkserver" if forkserver else "spawn")
-    if forkserver:
-        ctx.set_forkserver_preload(["torch", "optuna", "sklearn", "tuner.objective", "tuner.runner"])
+    from tuner.forkserver import fork_context
+
+    ctx = fork_context()
     counter = ctx.Value("i", 0)
     deadline = None if timeout_s is None else time.time() + timeout_s
     procs = [
@@ -164,8 +157,8 @@ def search_parallel(
         bar = tqdm(total=n_trials, file=sys.stderr, desc=study_name, unit="trial")
     try:
         while any(p.is_alive() for p in procs):
-            for p in procs:
-                p.join(timeout=0.2)
+            # wakes as soon as a process ends (no polling delay at the end of the search)
+            mp.connection.wait([p.sentinel for p in procs if p.is_alive()], timeout=0.2)
             if bar is not None:
                 bar.n = max(0, counter.value - sum(p.is_alive() for p in procs))
                 bar.refresh()

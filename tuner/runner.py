@@ -78,9 +78,11 @@ def open_study(
     already in the study, so a resume or a second worker does not repeat the first proposals.
     Loading a study that was created from a different spec (budget aside) raises :class:`SpecError`.
     """
+    from tuner.storage import open_storage
+
     space = spec.effective_search_space()
     study = optuna.create_study(
-        storage=storage,
+        storage=open_storage(storage),  # a SQLite URL gets WAL, synchronous=NORMAL and a busy timeout
         study_name=study_name or spec.name,
         sampler=spec.sampler.build(space),
         pruner=spec.pruner.build(),
@@ -162,6 +164,9 @@ def optimize(
     """
     callbacks = list(callbacks)
     seed = _SAMPLER_SEEDS.get(study)
+    start_attrs = getattr(objective, "start_system_attrs", None)
+    if isinstance(start_attrs, dict):  # this study's seed only (an Objective may serve several studies)
+        start_attrs.pop("sampler_seed", None)
     if seed is not None:
         objective = _recording_seed(objective, seed)
     bar = None
@@ -191,6 +196,11 @@ def optimize(
 
 
 def _recording_seed(objective: Callable[[optuna.Trial], float], seed: int) -> Callable[[optuna.Trial], float]:
+    start_attrs = getattr(objective, "start_system_attrs", None)
+    if isinstance(start_attrs, dict):  # an Objective writes it with its first attrs: one transaction fewer
+        start_attrs["sampler_seed"] = seed
+        return objective
+
     def recorded(trial: optuna.Trial) -> float:
         trial.storage.set_trial_system_attr(trial._trial_id, "sampler_seed", seed)
         return objective(trial)

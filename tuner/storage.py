@@ -31,6 +31,9 @@ def apply_sqlite_pragmas(storage: optuna.storages.BaseStorage) -> optuna.storage
     engine = getattr(backend, "engine", None)
     if not isinstance(backend, optuna.storages.RDBStorage) or engine is None or engine.dialect.name != "sqlite":
         return storage
+    database = engine.url.database or ""
+    if database in ("", ":memory:") or database.startswith("file::memory:") or "mode=memory" in str(engine.url):
+        return storage  # an in-memory database: nothing to share, and a reconnect would lose it
     if not event.contains(engine, "connect", _on_connect):
         event.listen(engine, "connect", _on_connect)
         engine.dispose()  # connections opened while Optuna created its tables reconnect with the pragmas

@@ -22,7 +22,7 @@ from tuner.errors import StopRequested, TrialConfigError
 from tuner.metrics import compute_metrics
 
 __all__ = [
-    "EVAL_BATCH", "FitResult", "TrainConfig", "binary_roc_auc", "epoch_value", "evaluate", "f1_macro", "fit",
+    "EVAL_BATCH", "FitResult", "TrainConfig", "batched_roc_auc", "binary_roc_auc", "epoch_value", "evaluate", "f1_macro", "fit",
     "make_optimizer", "predict_outputs", "roc_auc",
 ]
 
@@ -75,17 +75,27 @@ class FitResult:
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Adam, AdamW or SGD with (Nesterov-free) momentum.
+    """Adam, AdamW or SGD with (Nesterov-free) momentum, as one fused kernel per step.
 
-    ``foreach=True``: one multi-tensor update per step also on the CPU (torch picks it only for CUDA),
-    which saves the per-parameter Python loop that dominates a small model's step.
+    ``fused=True`` (CPU and CUDA) updates every parameter in one kernel: on a small model the step is
+    about a third cheaper than ``foreach=True`` (a dozen multi-tensor ops) and much cheaper than torch's
+    default per-parameter loop on the CPU; the updates are the same to float rounding. Where the fused
+    kernel is not available (other devices, non-float parameters) the multi-tensor path is used.
     """
+    params = list(model.parameters())
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                               foreach=True)
-    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+        cls: type[torch.optim.Optimizer] = torch.optim.AdamW
+        kwargs: dict[str, Any] = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
+    elif cfg.optimizer == "sgd":
+        cls = torch.optim.SGD
+        kwargs = {"lr": cfg.lr, "momentum": cfg.momentum, "weight_decay": cfg.weight_decay}
+    else:
+        cls = torch.optim.Adam
+        kwargs = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
+    try:
+        return cls(params, fused=True, **kwargs)
+    except (RuntimeError, ValueError, TypeError):  # no fused kernel for these parameters or this device
+        return cls(params, foreach=True, **kwargs)
 
 
 def _criterion(task: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -98,7 +108,7 @@ def predict_outputs(model: nn.Module, X: torch.Tensor, batch: int = EVAL_BATCH) 
     """Raw model outputs in large batches, eval mode, no autograd."""
     model.eval()
     with torch.inference_mode():
-        if len(X) == 0:
+        if len(X) <= batch:
             return model(X)
         return torch.cat([model(X[i : i + batch]) for i in range(0, len(X), batch)])
 
@@ -133,6 +143,42 @@ def binary_roc_auc(scores: torch.Tensor, positive: torch.Tensor) -> float:
         return float("nan")
     ranks = _average_ranks(scores)
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def batched_binary_roc_auc(scores: torch.Tensor, positive: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """:func:`binary_roc_auc` of every row of ``scores [R, N]`` at once (``valid`` marks the real entries
+    of padded rows): ``[R]`` float64, NaN for a row without a positive or a negative."""
+    R, N = scores.shape
+    s = torch.where(valid, scores.double(), torch.inf)  # padding sorts last and is masked out below
+    ss, order = torch.sort(s, dim=1, stable=True)
+    new_group = torch.ones_like(ss, dtype=torch.bool)
+    new_group[:, 1:] = ss[:, 1:] != ss[:, :-1]
+    gid = (torch.cumsum(new_group, dim=1) - 1) + torch.arange(R, device=s.device).unsqueeze(1) * N
+    pos = torch.arange(N, device=s.device, dtype=torch.float64).expand(R, N).reshape(-1)
+    flat = gid.reshape(-1)
+    first = torch.full((R * N,), float(N), dtype=torch.float64, device=s.device).scatter_reduce(
+        0, flat, pos, "amin", include_self=True)
+    last = torch.full((R * N,), -1.0, dtype=torch.float64, device=s.device).scatter_reduce(
+        0, flat, pos, "amax", include_self=True)
+    avg = (first + last) / 2 + 1  # 1-based average rank of each group of ties
+    ranks = torch.empty_like(ss).scatter_(1, order, avg[gid])
+    pos_mask = positive & valid
+    n_pos = pos_mask.sum(1).double()
+    n_neg = valid.sum(1).double() - n_pos
+    auc = ((ranks * pos_mask).sum(1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    return torch.where((n_pos > 0) & (n_neg > 0), auc, torch.nan)
+
+
+def batched_roc_auc(proba: torch.Tensor, y: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """:func:`roc_auc` of each fold of ``proba [A, N, C]``, ``y [A, N]`` (padded rows marked by ``valid``)."""
+    A, N, C = proba.shape
+    if C == 2:
+        return batched_binary_roc_auc(proba[:, :, 1], y == 1, valid)
+    p = proba / proba.sum(dim=2, keepdim=True)
+    scores = p.permute(0, 2, 1).reshape(A * C, N)
+    positive = (y.unsqueeze(1) == torch.arange(C, device=y.device).view(1, C, 1)).reshape(A * C, N)
+    aucs = batched_binary_roc_auc(scores, positive, valid.unsqueeze(1).expand(A, C, N).reshape(A * C, N))
+    return aucs.view(A, C).mean(1)  # NaN when a class is missing, as roc_auc
 
 
 def roc_auc(proba: torch.Tensor, y: torch.Tensor) -> float:
@@ -228,22 +274,28 @@ def fit(
         val_metrics_fn = lambda outputs, loss: compute_metrics(task, y_val_np, outputs, loss)
     result = FitResult(best_epoch=0, best_value=None, val_metrics=None)
     best_state: list[torch.Tensor] | None = None
+    live_state: list[torch.Tensor] = []
     best_out: torch.Tensor | None = None
     best_loss = float("nan")
     since_best = 0
+    batch_rows: torch.Tensor | None = None  # rows per batch, to weight the batch losses into the epoch's mean
     for epoch in range(1, cfg.max_epochs + 1):
         if should_stop():
             raise StopRequested(f"stop requested before epoch {epoch}")
         model.train()
         perm = torch.randperm(n, generator=generator).to(X.device)
-        total = torch.zeros((), device=X.device)
+        losses: list[torch.Tensor] = []
         for start in range(0, n, cfg.batch_size):
             idx = perm[start : start + cfg.batch_size]
             optimizer.zero_grad(set_to_none=True)
             loss = criterion(model(X[idx]), y[idx])
             loss.backward()
             optimizer.step()
-            total += loss.detach() * len(idx)  # summed on the device: no host sync per batch
+            losses.append(loss.detach())  # kept on the device: no host sync and no extra kernel per batch
+        if batch_rows is None or len(batch_rows) != len(losses):
+            batch_rows = torch.tensor([min(cfg.batch_size, n - s) for s in range(0, n, cfg.batch_size)],
+                                      dtype=torch.float32, device=X.device)
+        total = torch.dot(torch.stack(losses).float(), batch_rows) if losses else torch.zeros(())
         train_loss = float(total) / max(n, 1) * cfg.loss_scale
         if not math.isfinite(train_loss):  # NaN/inf anywhere in the epoch propagates into the sum
             raise TrialConfigError(f"training loss is {train_loss} at epoch {epoch}")
@@ -264,11 +316,12 @@ def fit(
         if improved(value, result.best_value, cfg):
             result.best_epoch, result.best_value = epoch, value
             best_out, best_loss = out, val_loss
-            params = list(model.state_dict().values())
             if best_state is None:
-                best_state = [p.detach().clone() for p in params]
+                # the live tensors behind the state dict (updated in place by the optimiser), listed once
+                live_state = list(model.state_dict(keep_vars=True).values())
+                best_state = [p.detach().clone() for p in live_state]
             else:
-                for kept, p in zip(best_state, params, strict=True):
+                for kept, p in zip(best_state, live_state, strict=True):
                     kept.copy_(p.detach())
             since_best = 0
         else:

@@ -52,34 +52,59 @@ def test_lockstep_with_dropout_is_close_to_sequential(make_spec) -> None:
     assert lock.value == pytest.approx(seq.value, rel=0.25)
 
 
-def test_a_stopped_fold_is_frozen_at_its_best_weights(make_spec, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fold 0 gets worse from epoch 2 on and stops after patience 1; the others train on."""
+def test_a_stopped_fold_leaves_the_others_training_exactly_as_before(make_spec, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fold 0 gets worse at epoch 2 and stops (patience 1): from then on the stacked model holds only the
+    two folds still training, and their weights follow exactly the path they follow when fold 0 trains on
+    (the optimiser's moments moved with them; weight decay and momentum never touch the stopped fold)."""
     from tuner import batched
 
     spec = make_spec(split=KFOLD, budget={"max_epochs": 5}, early_stopping={"patience": 1},
                      search_space={"lr": {"value": 0.01}, "batch_size": {"value": 16}, "weight_decay": {"value": 0.1},
                                    "dropout": {"value": 0.0}}, objective="accuracy")
-    snapshots: list[list[torch.Tensor]] = []
-    # calls go fold by fold over the folds still training: fold 0 only in epochs 1 and 2
-    values = iter([1.0, 2, 2, 0.5, 3, 3, 4, 4, 5, 5, 6, 6])
-
     real_step = torch.optim.Adam.step
 
-    def step(self, *a, **k):  # type: ignore[no-untyped-def]
-        snapshots.append([p.detach()[0].clone() for g in self.param_groups for p in g["params"]])  # fold 0
-        return real_step(self, *a, **k)
+    def run(values: list[float]) -> tuple[optuna.trial.FrozenTrial, list[int], list[list[torch.Tensor]]]:
+        sizes: list[int] = []
+        others: list[list[torch.Tensor]] = []  # folds 1 and 2: the last two stacked positions either way
 
-    monkeypatch.setattr(batched, "epoch_value", lambda *a: float(next(values)))
-    monkeypatch.setattr(torch.optim.Adam, "step", step)
-    t = _run(spec, sequential=False)
-    assert t.user_attrs["fold_best_epochs"][0] == 1 and len(t.user_attrs["val_curve"][0]) == 2
-    assert t.user_attrs["fold_best_epochs"][1:] == [5, 5]
-    # after fold 0 stopped (epoch 2), its weights never change again despite weight decay and momentum
-    n_per_epoch = len(snapshots) // 5
-    frozen = snapshots[2 * n_per_epoch :]
-    for snap in frozen[1:]:
-        for a, b in zip(frozen[0], snap, strict=True):
-            assert torch.equal(a, b)
+        def step(self, *a, **k):  # type: ignore[no-untyped-def]
+            params = [p for g in self.param_groups for p in g["params"]]
+            sizes.append(params[0].shape[0])
+            others.append([p.detach()[-2:].clone() for p in params])
+            return real_step(self, *a, **k)
+
+        it = iter(values)  # epoch_value is called fold by fold over the folds still training
+        monkeypatch.setattr(batched, "epoch_value", lambda *a: float(next(it)))
+        monkeypatch.setattr(torch.optim.Adam, "step", step)
+        return _run(spec, sequential=False), sizes, others
+
+    stopped, sizes, paths = run([1.0, 2, 2, 0.5, 3, 3, 4, 4, 5, 5, 6, 6])
+    assert stopped.user_attrs["fold_best_epochs"] == [1, 5, 5] and len(stopped.user_attrs["val_curve"][0]) == 2
+    assert stopped.user_attrs["fold_values"] == [1.0, 6.0, 6.0]
+    per_epoch = len(sizes) // 5
+    assert sizes == [3] * (2 * per_epoch) + [2] * (3 * per_epoch)
+    trained, full_sizes, full_paths = run([1.0, 2, 2, 1.5, 3, 3, 2, 4, 4, 2.5, 5, 5, 3, 6, 6])
+    assert trained.user_attrs["fold_best_epochs"] == [5, 5, 5] and full_sizes == [3] * len(sizes)
+    for a, b in zip(paths, full_paths, strict=True):
+        for x, y in zip(a, b, strict=True):
+            torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("objective", ["val_loss", "roc_auc"])
+def test_lockstep_equals_sequential_when_folds_stop_at_different_epochs(make_spec, objective: str) -> None:
+    """Real early stopping at different epochs per fold (the stopped folds are dropped from the batch):
+    still the sequential path's results."""
+    spec = make_spec(dataset={"builtin": "breast_cancer"}, split={"validation": {"kind": "kfold", "k": 4}},
+                     objective=objective, budget={"max_epochs": 25}, early_stopping={"patience": 2},
+                     search_space={"lr": {"value": 0.05}, "batch_size": {"value": 32}, "dropout": {"value": 0.0}})
+    lock, seq = _run(spec, sequential=False), _run(spec, sequential=True)
+    lengths = [len(c) for c in lock.user_attrs["val_curve"]]
+    assert len(set(lengths)) > 1 and max(lengths) < 25  # folds stopped, and not all at once
+    assert lengths == [len(c) for c in seq.user_attrs["val_curve"]]
+    assert lock.user_attrs["fold_best_epochs"] == seq.user_attrs["fold_best_epochs"]
+    assert lock.user_attrs["fold_values"] == pytest.approx(seq.user_attrs["fold_values"], rel=1e-4, abs=1e-5)
+    for k, v in seq.user_attrs["val_metrics"].items():
+        assert lock.user_attrs["val_metrics"][k] == pytest.approx(v, rel=1e-4, abs=1e-5)
 
 
 def test_stacked_mlp_matches_the_separate_models(make_spec) -> None:
@@ -149,3 +174,21 @@ def test_regression_lockstep_losses_are_in_target_units(make_spec) -> None:
     lock, seq = _run(spec, sequential=False), _run(spec, sequential=True)
     assert lock.value == pytest.approx(seq.value, rel=1e-3)
     assert lock.value > 100  # MSE of diabetes progression (std ~77) in its own units, not standardised
+
+
+def test_a_fold_with_an_empty_last_batch_keeps_its_momentum(make_spec) -> None:
+    """7 folds of 120 rows: training parts of 102 and 103 rows; with batch 34 the 102-row folds have no
+    fourth batch while the others do. Their skipped step must leave weights *and* SGD momentum (with weight
+    decay, which would move both) as they were: the lockstep run equals the sequential one."""
+    spec = make_spec(split={"validation": {"kind": "kfold", "k": 7}}, budget={"max_epochs": 4},
+                     early_stopping={"patience": 10},
+                     search_space={"lr": {"value": 0.05}, "batch_size": {"value": 34}, "dropout": {"value": 0.0},
+                                   "optimizer": {"value": "sgd"}, "momentum": {"value": 0.9},
+                                   "weight_decay": {"value": 0.01}})
+    data = prepare_data(spec)
+    sizes = sorted({len(f.X_train) for f in data.folds})
+    assert sizes == [102, 103]
+    lock, seq = _run(spec, sequential=False), _run(spec, sequential=True)
+    assert lock.user_attrs["fold_values"] == pytest.approx(seq.user_attrs["fold_values"], rel=1e-5, abs=1e-6)
+    for a, b in zip(lock.user_attrs["train_curve"], seq.user_attrs["train_curve"], strict=True):
+        assert a == pytest.approx(b, rel=1e-5, abs=1e-6)

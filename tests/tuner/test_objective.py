@@ -79,13 +79,16 @@ def test_median_pruner_prunes_a_hopeless_trial(make_spec) -> None:
 
 
 @pytest.mark.parametrize("kfold", [False, True])
-def test_median_decided_in_process_equals_optunas_should_prune(make_spec, kfold: bool, monkeypatch) -> None:
-    """The in-process median decision (completed trials read once) prunes exactly what Optuna would."""
+@pytest.mark.parametrize("pruner", [{"kind": "median", "n_startup_trials": 2},
+                                    {"kind": "successive_halving", "min_resource": 1, "reduction_factor": 2}])
+def test_pruning_decided_in_process_equals_optunas_should_prune(make_spec, kfold: bool, pruner, monkeypatch) -> None:
+    """The in-process median (completed trials read once) and successive-halving (other trials read at
+    rung steps only) decisions prune exactly what Optuna's report + should_prune every epoch would, and
+    leave the same intermediate values and rung attributes in the study."""
     import tuner.objective as objective_mod
 
     over = {"split": {"validation": {"kind": "kfold", "k": 3}}} if kfold else {}
-    spec = make_spec(pruner={"kind": "median", "n_startup_trials": 2}, budget={"max_epochs": 6},
-                     sampler={"kind": "random", "seed": 3}, **over)
+    spec = make_spec(pruner=pruner, budget={"max_epochs": 6}, sampler={"kind": "random", "seed": 3}, **over)
     data = prepare_data(spec)
     runs = []
     for mode in ("local", "optuna"):
@@ -99,9 +102,11 @@ def test_median_decided_in_process_equals_optunas_should_prune(make_spec, kfold:
             monkeypatch.setattr(objective_mod.Reporter, "__init__", init)
         study = open_study(spec, "sqlite://")
         optimize(study, Objective(spec, data), n_trials=8, timeout_s=None)
-        runs.append([(t.state, t.intermediate_values, t.value) for t in study.trials])
+        runs.append([(t.state, t.intermediate_values, t.value,
+                      {k: v for k, v in t.system_attrs.items() if k.startswith("completed_rung")})
+                     for t in study.trials])
     assert runs[0] == runs[1]
-    assert any(state == TrialState.PRUNED for state, _, _ in runs[0])
+    assert any(state == TrialState.PRUNED for state, *_ in runs[0])
 
 
 def test_kfold_mlp_reports_the_mean_over_folds_every_epoch(make_spec) -> None:
@@ -180,3 +185,99 @@ def test_stop_requested_interrupts_without_counting(make_spec) -> None:
     assert t.state == TrialState.FAIL and t.system_attrs["interrupted"] is True
     counts = trial_counts(study)
     assert counts.failed == 1 and counts.counted == 0
+
+
+def test_write_trial_attrs_writes_everything_in_one_transaction(tmp_path) -> None:
+    """User attrs, system attrs and per-epoch values of a running trial land together, read back by a
+    fresh connection exactly as Optuna's own per-key calls would store them (NaN/inf, overwrites)."""
+    import sqlalchemy
+
+    from tuner.objective import write_trial_attrs
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    study = optuna.create_study(storage=url, study_name="w")
+    trial = study.ask()
+    trial.set_user_attr("kept", 1)
+    trial.set_user_attr("over", "old")
+    trial.report(9.0, 3)
+    backend = study._storage._backend if hasattr(study._storage, "_backend") else study._storage
+    commits: list[int] = []
+    sqlalchemy.event.listen(backend.engine, "commit", lambda conn: commits.append(1))
+    write_trial_attrs(trial, user={"over": [1, 2], "new": {"a": None}}, system={"failure": "config"},
+                      intermediate={1: 0.5, 2: float("nan"), 3: float("inf"), 4: float("-inf")})
+    assert len(commits) == 1
+    assert trial._cached_frozen_trial.user_attrs["over"] == [1, 2]
+    study.tell(trial, 1.0)
+    (t,) = optuna.load_study(study_name="w", storage=url).trials
+    assert t.user_attrs == {"kept": 1, "over": [1, 2], "new": {"a": None}}
+    assert t.system_attrs["failure"] == "config"
+    assert t.intermediate_values[1] == 0.5 and np.isnan(t.intermediate_values[2])
+    assert t.intermediate_values[3] == float("inf") and t.intermediate_values[4] == float("-inf")
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        write_trial_attrs(trial, user={"late": 1})
+
+
+def test_a_trial_costs_a_fixed_number_of_transactions(make_spec, tmp_path) -> None:
+    """Per-epoch values and attrs are not one transaction each: a 12-epoch trial commits as few times as a
+    2-epoch one (Optuna's own create/suggest/tell plus one write at the start and one at the end)."""
+    import sqlalchemy
+
+    counts = []
+    for epochs in (2, 12):
+        spec = make_spec(budget={"n_trials": 1, "max_epochs": epochs, "timeout_s": None},
+                         early_stopping={"patience": 100}, pruner=NEVER_PRUNE, name=f"tx{epochs}")
+        study = open_study(spec, f"sqlite:///{tmp_path}/t{epochs}.db")
+        backend = study._storage._backend if hasattr(study._storage, "_backend") else study._storage
+        commits: list[int] = []
+        sqlalchemy.event.listen(backend.engine, "commit", lambda conn, c=commits: c.append(1))
+        optimize(study, Objective(spec, prepare_data(spec)), n_trials=1, timeout_s=None)
+        (t,) = study.trials
+        assert len(t.intermediate_values) == epochs and t.state == TrialState.COMPLETE
+        counts.append(len(commits))
+    assert counts[0] == counts[1]
+
+
+def test_suggested_params_are_written_in_one_transaction_as_optuna_writes_them(make_spec, tmp_path) -> None:
+    import sqlalchemy
+
+    from tuner.objective import suggest_params
+
+    url = f"sqlite:///{tmp_path}/p.db"
+    spec = make_spec(search_space={"lr": {"low": 1e-3, "high": 1e-1, "log": True}, "batch_size": {"choices": [8, 16]},
+                                   "dropout": {"value": 0.1}, "n_layers": {"low": 1, "high": 3}})
+    study = open_study(spec, url)
+    backend = study._storage._backend
+    commits: list[int] = []
+    sqlalchemy.event.listen(backend.engine, "commit", lambda conn: commits.append(1))
+    trial = study.ask()
+    commits.clear()
+    params = suggest_params(trial, spec)
+    assert len(commits) == 1
+    study.tell(trial, 1.0)
+    (t,) = optuna.load_study(study_name=spec.name, storage=url).trials  # a fresh reader sees Optuna's rows
+    assert t.params == params and set(t.distributions) == set(params)
+    assert t.distributions["lr"] == optuna.distributions.FloatDistribution(1e-3, 1e-1, log=True)
+    # a distribution the study does not already use for that name is refused, and nothing is written
+    other = make_spec(search_space={"lr": {"choices": [0.5, 0.6]}})
+    trial = study.ask()
+    with pytest.raises(ValueError):
+        suggest_params(trial, other)
+    assert optuna.load_study(study_name=spec.name, storage=url).trials[1].params == {}
+
+
+def test_suggest_params_works_on_a_fixed_trial(make_spec, tmp_path) -> None:
+    from tuner.objective import suggest_params
+
+    spec = make_spec()
+    params = suggest_params(open_study(spec, f"sqlite:///{tmp_path}/f.db").ask(), spec)  # a real one first
+    assert suggest_params(optuna.trial.FixedTrial(params), spec) == params
+
+
+def test_sampler_seed_is_recorded_only_for_the_seeded_study(make_spec) -> None:
+    seeded = make_spec(sampler={"kind": "random", "seed": 1}, name="seeded")
+    unseeded = make_spec(sampler={"kind": "random", "seed": None}, name="unseeded")
+    objective = Objective(seeded, prepare_data(seeded))
+    a, b = open_study(seeded, "sqlite://"), open_study(unseeded, "sqlite://")
+    optimize(a, objective, n_trials=1, timeout_s=None)
+    optimize(b, objective, n_trials=1, timeout_s=None)
+    assert "sampler_seed" in a.trials[0].system_attrs and "sampler_seed" not in b.trials[0].system_attrs

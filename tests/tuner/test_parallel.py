@@ -58,3 +58,27 @@ def test_jobs_resume_only_the_missing_trials(make_spec, tmp_path: Path) -> None:
     assert result["counts"]["counted"] == 4
     assert result["test_scoring_count"] in (1, 2)
     assert len(optuna.load_study(study_name=spec.name, storage=url).trials) == 4
+
+
+def test_fork_server_warm_up_leaves_no_thread_or_file_behind(tmp_path, monkeypatch) -> None:
+    """tuner._warmup runs in the fork server before it forks the search processes: it must not leave a
+    thread (a forked child would inherit a lock it holds) or a temporary file behind."""
+    import tempfile
+    import threading
+
+    from tuner import _warmup
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    before = threading.active_count()
+    _warmup.warm_up()
+    assert threading.active_count() == before
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_in_memory_sqlite_urls_keep_their_tables(make_spec) -> None:
+    """The WAL pragmas reconnect a file database; an in-memory one (plain or URI form) is left alone."""
+    from tuner.runner import open_study
+
+    for url in ("sqlite://", "sqlite:///:memory:", "sqlite:///file:tunermem?mode=memory&cache=shared&uri=true"):
+        study = open_study(make_spec(name="mem"), url)
+        assert study.study_name == "mem" and study.trials == []

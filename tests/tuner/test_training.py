@@ -183,3 +183,55 @@ def test_nan_validation_loss_fails_whatever_the_objective(monkeypatch: pytest.Mo
     cfg = TrainConfig(lr=0.01, batch_size=16, max_epochs=3, objective="accuracy", direction="maximize")
     with pytest.raises(TrialConfigError, match="validation loss is nan"):
         fit(_model(), _data(), _data(seed=1), cfg, task="classification")
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
+def test_optimizer_is_fused_and_steps_like_the_multi_tensor_one(name: str) -> None:
+    from tuner.training import TrainConfig, make_optimizer
+
+    cfg = TrainConfig(lr=0.01, batch_size=8, weight_decay=1e-3, optimizer=name, momentum=0.9)
+    X, y = torch.randn(64, 5), torch.randint(0, 3, (64,))
+    finals = []
+    for fused in (True, False):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+        opt = make_optimizer(model, cfg)
+        assert opt.defaults["fused"] is True
+        if not fused:  # the same optimiser with the multi-tensor kernels
+            defaults = {k: v for k, v in opt.defaults.items() if k != "decoupled_weight_decay" or name != "adamw"}
+            opt = type(opt)(model.parameters(), **{**defaults, "fused": None, "foreach": True})
+        for _ in range(20):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(X), y).backward()
+            opt.step()
+        finals.append([p.detach().clone() for p in model.parameters()])
+    for a, b in zip(*finals, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("classes", [2, 4])
+def test_batched_roc_auc_equals_the_per_fold_one_and_scikit_learn(classes: int) -> None:
+    """Padded folds of different lengths, ties (rounded scores) and a fold missing a class (NaN)."""
+    from sklearn.metrics import roc_auc_score
+
+    from tuner.training import batched_roc_auc, roc_auc
+
+    g = torch.Generator().manual_seed(0)
+    lengths = [30, 25, 17]
+    A, N = len(lengths), max(lengths)
+    logits = (torch.randn(A, N, classes, generator=g) * 2).round() / 2  # many ties
+    proba = torch.softmax(logits, dim=2)
+    y = torch.randint(0, classes, (A, N), generator=g)
+    y[2] = 0  # the third fold holds one class only: undefined
+    valid = torch.arange(N).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)
+    got = batched_roc_auc(proba, y, valid)
+    for k, n in enumerate(lengths):
+        one = roc_auc(proba[k, :n], y[k, :n])
+        if k == 2:
+            assert np.isnan(one) and torch.isnan(got[k])
+            continue
+        assert float(got[k]) == pytest.approx(one, abs=1e-12)
+        p = proba[k, :n].double().numpy()
+        ref = roc_auc_score(y[k, :n].numpy(), p[:, 1]) if classes == 2 else roc_auc_score(
+            y[k, :n].numpy(), p / p.sum(1, keepdims=True), multi_class="ovr", labels=np.arange(classes))
+        assert float(got[k]) == pytest.approx(ref, abs=1e-6)
