@@ -208,7 +208,8 @@ def peers(r: dict[str, Any]) -> tuple[str, list[list[str]]]:
                             verdict(ok)])
     if "sklearn" in r:
         lines.append(f"**scikit-learn `MLP*` + `RandomizedSearchCV` (20 candidates, 5-fold, `n_jobs=-1`) vs "
-                     f"`tuner.run` (20 trials, 5-fold in lockstep, default pruner, `--jobs {jobs}`, SQLite file)**\n")
+                     f"`tuner.run` (20 trials, 5-fold in lockstep, default pruner, `--jobs {jobs}`, SQLite file, at most 200 "
+                     "epochs per trial - scikit-learn's `max_iter`)**\n")
         rows = []
         n_ok = 0
         for ds, s in r["sklearn"].items():
@@ -241,13 +242,31 @@ def peers(r: dict[str, Any]) -> tuple[str, list[list[str]]]:
     if "overhead" in r:
         o = r["overhead"]["summary"]
         lines.append("**Per-epoch engine overhead** (digits MLP, batch 32, 30 epochs, median pruner reading every "
-                     "epoch, SQLite file; bare = forward/backward/step only on the same batches)\n")
-        lines.append(table(["engine ms/epoch", "bare ms/epoch", "overhead"],
-                           [[o["median_engine_ms_per_epoch"], o["median_bare_ms_per_epoch"],
-                             f"{100 * o['median_overhead_fraction']:.1f} %"]], digits=2))
+                     "epoch, SQLite file, the trial's Optuna bookkeeping and scikit-learn metric set included; "
+                     "bare+val = forward/backward/step on the same batches plus one forward of the validation "
+                     "rows per epoch; bare = forward/backward/step only)\n")
+        if "median_engine_memory_ms_per_epoch" in o:
+            lines.append(table(["study", "engine ms/epoch", "bare+val ms/epoch", "bare ms/epoch",
+                                "overhead vs bare+val"],
+                               [["SQLite file", o["median_engine_ms_per_epoch"], o["median_bare_val_ms_per_epoch"],
+                                 o["median_bare_ms_per_epoch"], f"{100 * o['median_overhead_fraction']:.1f} %"],
+                                ["in memory", o["median_engine_memory_ms_per_epoch"],
+                                 o["median_bare_val_ms_per_epoch"], o["median_bare_ms_per_epoch"],
+                                 f"{100 * o['median_overhead_fraction_memory']:.1f} %"]], digits=2))
+            lines.append("")
+            lines.append(f"Against training alone (bare, no validation forward) the SQLite-file overhead is "
+                         f"{100 * o['median_overhead_fraction_vs_training_only']:.1f} %.")
+        else:
+            lines.append(table(["engine ms/epoch", "bare ms/epoch", "overhead"],
+                               [[o["median_engine_ms_per_epoch"], o["median_bare_ms_per_epoch"],
+                                 f"{100 * o['median_overhead_fraction']:.1f} %"]], digits=2))
         lines.append("")
-        targets.append(["8. per-epoch engine overhead", "<= 10 %", f"{100 * o['median_overhead_fraction']:.1f} %",
-                        verdict(o["median_overhead_fraction"] <= 0.10)])
+        targets.append(["8. per-epoch engine overhead, SQLite file", "<= 10 %",
+                        f"{100 * o['median_overhead_fraction']:.1f} %", verdict(o["median_overhead_fraction"] <= 0.10)])
+        if "median_overhead_fraction_memory" in o:
+            m = o["median_overhead_fraction_memory"]
+            targets.append(["8. per-epoch engine overhead, in-memory study", "<= 10 %", f"{100 * m:.1f} %",
+                            verdict(m <= 0.10)])
     return "\n".join(lines), targets
 
 
