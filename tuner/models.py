@@ -46,18 +46,27 @@ def init_scheme(activation: str) -> str:
 
 
 def init_weights(model: nn.Module, activation: str) -> None:
-    """Initialise every Linear/Conv2d weight by the activation's scheme; biases to zero."""
-    for m in model.modules():
-        if isinstance(m, (nn.Linear, nn.Conv2d)):
-            if init_scheme(activation) == "he":
-                nonlin: Any = "leaky_relu" if activation == "leaky_relu" else "relu"
-                slope = nn.LeakyReLU().negative_slope if activation == "leaky_relu" else 0.0  # the gain's slope
-                nn.init.kaiming_normal_(m.weight, a=slope, nonlinearity=nonlin)
-            else:
-                gain = nn.init.calculate_gain(cast(Any, activation))
-                nn.init.xavier_uniform_(m.weight, gain=gain)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
+    """Initialise every Linear/Conv2d weight to suit what follows it; biases to zero.
+
+    Hidden layers feed the activation: He (normal, the activation's gain) for the ReLU family, Xavier
+    (uniform, the activation's gain) for tanh and sigmoid. The output layer (the last Linear) feeds no
+    activation - its outputs are logits for the softmax or the regression's prediction - so it gets
+    Xavier with the linear gain 1: He's ReLU gain there would double the logits' initial variance.
+    """
+    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    head = next((m for m in reversed(layers) if isinstance(m, nn.Linear)), None)
+    for m in layers:
+        if m is head:
+            nn.init.xavier_uniform_(m.weight, gain=1.0)
+        elif init_scheme(activation) == "he":
+            nonlin: Any = "leaky_relu" if activation == "leaky_relu" else "relu"
+            slope = nn.LeakyReLU().negative_slope if activation == "leaky_relu" else 0.0  # the gain's slope
+            nn.init.kaiming_normal_(m.weight, a=slope, nonlinearity=nonlin)
+        else:
+            gain = nn.init.calculate_gain(cast(Any, activation))
+            nn.init.xavier_uniform_(m.weight, gain=gain)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
 
 
 def hidden_layers(spec: ModelSpec, params: Mapping[str, Any]) -> list[int]:

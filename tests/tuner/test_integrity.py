@@ -282,7 +282,7 @@ def test_cli_refuses_a_rescore_without_the_flag(make_spec, tmp_path: Path, monke
             "budget": {"n_trials": 1, "max_epochs": 2}, "pruner": {"kind": "none"}}
     (tmp_path / "s.json").write_text(json.dumps(spec))
     args = ["run", str(tmp_path / "s.json"), "--storage", f"sqlite:///{tmp_path / 'c.db'}",
-            "--artifacts", str(tmp_path), "--quiet"]
+            "--artifacts", str(tmp_path), "--quiet", "--jobs", "1"]  # in process: the monkeypatches below apply
     assert main(args) == 0
     capsys.readouterr()
     # the next trial always becomes the best one

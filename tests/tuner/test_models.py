@@ -54,9 +54,10 @@ def test_he_init_for_relu_family(activation: str, monkeypatch: pytest.MonkeyPatc
     model = build_model(ModelSpec(hidden=[400], activation=activation), {}, 1000, 2)
     w = model.net[0].weight.detach()
     assert init_scheme(activation) == "he"
-    # the gain matches the activation's own negative slope (LeakyReLU: 0.01), exactly, for every layer
+    # the gain matches the activation's own negative slope (LeakyReLU: 0.01), exactly, for the hidden layer
+    # (the output layer feeds no activation: Xavier, see test_output_layer_is_xavier_with_linear_gain)
     slope = model.net[1].negative_slope if activation == "leaky_relu" else 0.0
-    assert gains == [math.sqrt(2.0 / (1 + slope**2))] * 2
+    assert gains == [math.sqrt(2.0 / (1 + slope**2))]
     assert float(w.std()) == pytest.approx(gains[0] / math.sqrt(1000), rel=0.03)
     assert float(w.abs().max()) > math.sqrt(6.0 / 1400)  # a normal draw, not Xavier-uniform's bound
     assert float(model.net[0].bias.detach().abs().max()) == 0.0
@@ -72,3 +73,27 @@ def test_xavier_init_for_tanh_and_sigmoid(activation: str) -> None:
     bound = gain * math.sqrt(6.0 / (1000 + 400))
     assert float(w.abs().max()) <= bound + 1e-6
     assert float(w.std()) == pytest.approx(bound / math.sqrt(3), rel=0.03)
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_output_layer_is_xavier_with_linear_gain(activation: str, kind: str) -> None:
+    """The head's outputs are logits (or the regression's prediction), not fed to the hidden activation:
+    Xavier-uniform with gain 1 and zero bias, whatever the hidden layers use."""
+    torch.manual_seed(0)
+    if kind == "mlp":
+        model = build_model(ModelSpec(hidden=[400, 300], activation=activation), {}, 1000, 200)
+    else:
+        model = build_model(ModelSpec(kind="cnn", channels=[4], hidden=[300], activation=activation), {}, 64, 200,
+                            input_shape=(1, 8, 8))
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    head, hidden = linears[-1], linears[-2]
+    assert head.out_features == 200
+    bound = math.sqrt(6.0 / (300 + 200))
+    w = head.weight.detach()
+    assert float(w.abs().max()) <= bound + 1e-6
+    assert float(w.std()) == pytest.approx(bound / math.sqrt(3), rel=0.05)
+    assert float(head.bias.detach().abs().max()) == 0.0
+    # the hidden layer before it keeps its activation's scheme (He for ReLU is normal, with a larger spread)
+    if activation == "relu":
+        assert float(hidden.weight.detach().std()) == pytest.approx(math.sqrt(2.0 / hidden.in_features), rel=0.05)
