@@ -32,7 +32,14 @@ from tuner.errors import StopRequested, TrialConfigError
 from tuner.metrics import compute_metrics
 from tuner.models import MLP, build_model, dropout
 from tuner.spec import JobSpec
-from tuner.training import TrainConfig, batched_roc_auc, epoch_value, improved, make_optimizer
+from tuner.training import (
+    TrainConfig,
+    batched_roc_auc,
+    classification_metrics_t,
+    epoch_value,
+    improved,
+    make_optimizer,
+)
 
 if TYPE_CHECKING:
     from tuner.data import PreparedData
@@ -293,11 +300,17 @@ def fit_folds_lockstep(
     for k, fold in enumerate(folds):
         outputs_t = best_out[k]
         assert outputs_t is not None and fold.val_idx is not None
-        if task == "classification":
+        y_val = tensors[k][3]
+        if task == "classification" and not bool((y_val < 0).any()):  # in torch: scikit-learn's input checks
+            with torch.inference_mode():  # cost more than the metrics of these small folds
+                proba = torch.softmax(outputs_t, dim=1).float()
+                fold_metrics.append(classification_metrics_t(proba, y_val.to(proba.device), best_loss[k]))
+        elif task == "classification":
             outputs = torch.softmax(outputs_t, dim=1).float().cpu().numpy()
+            fold_metrics.append(compute_metrics(task, data.dev_y[fold.val_idx], outputs, best_loss[k]))
         else:
             outputs = fold.preprocessor.inverse_target(outputs_t.reshape(-1).float().cpu().numpy())
-        fold_metrics.append(compute_metrics(task, data.dev_y[fold.val_idx], outputs, best_loss[k]))
+            fold_metrics.append(compute_metrics(task, data.dev_y[fold.val_idx], outputs, best_loss[k]))
     _finish_attrs()
     from tuner.objective import mean_metrics
 

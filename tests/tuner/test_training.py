@@ -235,3 +235,48 @@ def test_batched_roc_auc_equals_the_per_fold_one_and_scikit_learn(classes: int) 
         ref = roc_auc_score(y[k, :n].numpy(), p[:, 1]) if classes == 2 else roc_auc_score(
             y[k, :n].numpy(), p / p.sum(1, keepdims=True), multi_class="ovr", labels=np.arange(classes))
         assert float(got[k]) == pytest.approx(ref, abs=1e-6)
+
+
+@pytest.mark.parametrize("case", range(40))
+def test_torch_metric_set_equals_scikit_learns(case: int) -> None:
+    """The lockstep path's per-fold metric set (torch) equals compute_metrics (scikit-learn), including
+    classes absent from the truth and/or the predictions, one-class truth (ROC-AUC undefined: None) and
+    many tied scores."""
+    from tuner.metrics import compute_metrics
+    from tuner.training import classification_metrics_t
+
+    g = torch.Generator().manual_seed(case)
+    n_classes = [2, 3, 5, 10][case % 4]
+    n = int(torch.randint(3, 120, (1,), generator=g))
+    used = n_classes if case % 5 else max(1, n_classes // 2)  # every fifth case: the upper classes never occur
+    if case % 13 == 0:
+        used = 1  # one class only in the truth
+    y = torch.randint(0, used, (n,), generator=g)
+    logits = torch.randn(n, n_classes, generator=g).round(decimals=case % 3)  # coarse: ties
+    logits[torch.arange(n), y] += float(case % 7) / 3
+    if case % 6 == 0:
+        logits[:, -1] += 5.0  # a class that the model predicts everywhere, present or not in the truth
+    proba = torch.softmax(logits, 1).float()
+    ref = compute_metrics("classification", y.numpy(), proba.numpy(), 0.5)
+    got = classification_metrics_t(proba, y, 0.5)
+    assert got.keys() == ref.keys()
+    for key, value in ref.items():
+        if value is None:
+            assert got[key] is None, key
+        else:
+            assert got[key] == pytest.approx(value, abs=1e-6), key
+
+
+def test_f1_macro_objective_ignores_classes_absent_from_truth_and_predictions() -> None:
+    """The per-epoch f1_macro objective is scikit-learn's macro F1 (labels in the truth or the predictions):
+    five output classes of which only two occur, every row right -> 1.0, not 2/5."""
+    from sklearn.metrics import f1_score
+
+    from tuner.training import epoch_value
+
+    y = torch.tensor([0, 1, 1, 0, 1])
+    out = torch.full((5, 5), -3.0)
+    out[torch.arange(5), y] = 3.0
+    loss = nn.functional.cross_entropy(out, y)
+    assert epoch_value("f1_macro", "classification", out, y, loss) == pytest.approx(1.0)
+    assert f1_score(y.numpy(), out.argmax(1).numpy(), average="macro", zero_division=0) == pytest.approx(1.0)
