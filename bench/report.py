@@ -25,6 +25,7 @@ PARTS = [
     ("growth", "7. Growth"),
     ("peers", "8. Against the script a user would write (issue 10)"),
     ("plots", "9. Plots at 5,000 trials"),
+    ("choices", "10. Training choices without search noise (init, patience)"),
 ]
 
 
@@ -279,6 +280,19 @@ def plots(r: dict[str, Any]) -> tuple[str, list[list[str]]]:
 
 
 RENDER["plots"] = plots
+
+
+def choices(r: dict[str, Any]) -> tuple[str, list[list[str]]]:
+    """Fixed configurations x seeds: mean test accuracy per initialisation and patience (no target)."""
+    text = (f"Digits holdout (examples/digits-mlp.json), {len(r['configs'])} fixed configurations x "
+            f"{len(r['seeds'])} seeds, tuner's training loop, best-val-loss epoch kept, test accuracy.\n\n")
+    text += table(["init", "patience", "runs", "mean test accuracy", "standard error"],
+                  [[x["init"], x["patience"], x["runs"], x["mean_test_accuracy"], x["standard_error"]]
+                   for x in r["rows"]], digits=[0, 0, 0, 4, 4])
+    return text, []
+
+
+RENDER["choices"] = choices
 
 
 def main() -> None:

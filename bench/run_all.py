@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from bench.common import banner, run_module, table
 
-PARTS = ("pruning", "samplers", "overhead", "trainloop", "workers", "api_load", "growth", "plots", "peers")
+PARTS = ("pruning", "samplers", "overhead", "trainloop", "workers", "api_load", "growth", "plots", "peers", "choices")
 
 
 def main() -> int:
