@@ -1,6 +1,9 @@
 """Per-tenant quotas (``TUNER_QUOTA_*``): active jobs and queued trials (429), upload bytes stored (413).
 
-Checked before a job or an upload is accepted; two requests racing may both pass (a soft limit, by one).
+Checked before a job or an upload is accepted. The job quotas are exact under concurrent submissions: the
+check and the job's INSERT share one write transaction, serialised per tenant (SQLite: ``BEGIN IMMEDIATE``
+serialises every write transaction; Postgres: a transaction-scoped advisory lock on the tenant). The
+upload quota is checked before the body is streamed and again after: two uploads racing may both fit.
 """
 
 from __future__ import annotations
@@ -19,7 +22,14 @@ _WAITING = (JobStatus.queued.value, JobStatus.running.value)
 
 
 def check_job(session: Session, principal: Principal, n_trials: int, settings: Settings) -> None:
-    """429 with ``Retry-After`` if the tenant has too many jobs waiting or running, or too many trials queued."""
+    """429 with ``Retry-After`` if the tenant has too many jobs waiting or running, or too many trials queued.
+
+    Call it in the write transaction that inserts the job: on Postgres it takes the tenant's advisory lock
+    (held to the end of that transaction), so a concurrent submission of the same tenant counts this job.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:key))"),
+                        {"key": f"tuneserve-quota:{principal.tenant}"})
     active, queued = session.execute(
         sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(Job.n_trials - Job.trials_claimed), 0))
         .where(Job.tenant == principal.tenant, Job.status.in_(_WAITING))

@@ -331,3 +331,33 @@ def test_force_allowed_without_keys(api, spec_dict):
     job = r.json()["id"]
     r = api.post(f"/jobs/{job}/cancel?force=true", headers={"X-Requested-With": "t"})
     assert r.status_code == 200 and r.json()["status"] == "cancelled"
+
+
+def test_concurrent_submissions_never_exceed_the_active_jobs_quota(make_app, make_key, spec_dict, monkeypatch):
+    """Eight submissions at once against a quota of 2: exactly two are accepted. Each request holds its
+    check open for 0.3 s before inserting its job, so without serialisation every request would count the
+    same zero active jobs and all would pass (on Postgres, READ COMMITTED; SQLite's BEGIN IMMEDIATE
+    serialises the write transactions anyway)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from app.api.routes import jobs as job_routes
+
+    real = job_routes.service.create_job
+
+    def slow_create(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.3)  # between the quota check and the INSERT: the window a racing request needs
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(job_routes.service, "create_job", slow_create)
+    a = make_key("a")
+    barrier = threading.Barrier(8)
+    with TestClient(make_app(quota_active_jobs=2, embedded_workers=0)) as c:
+        def submit(_: int) -> int:
+            barrier.wait()
+            return c.post("/jobs", json=spec_dict(), headers=bearer(a)).status_code
+
+        with ThreadPoolExecutor(8) as pool:
+            codes = sorted(pool.map(submit, range(8)))
+        assert codes == [201, 201] + [429] * 6, codes
+        assert len(c.get("/jobs", headers=bearer(a)).json()["items"]) == 2
