@@ -232,6 +232,12 @@ class ParamSpec(_Model):
             raise ValueError("choices: must not be empty")
         if self.choices is not None and len(self.choices) > current_limits().max_choices:
             raise ValueError(f"choices: must have at most {current_limits().max_choices} entries")
+        if self.choices is not None:
+            seen: list[Any] = []
+            for v in self.choices:
+                if any(type(v) is type(w) and v == w for w in seen):
+                    raise ValueError(f"choices: {v!r} is listed twice (a repeated choice would be sampled more often)")
+                seen.append(v)
         if not all(_finite(v) for v in [*(self.choices or []), self.value]):
             raise ValueError("values must be finite numbers (no Infinity or NaN)")
         if forms[0]:
@@ -519,6 +525,12 @@ class JobSpec(_Model):
                 errors.append(f"search_space.{name}: unknown hyperparameter (known: {', '.join(known)})")
                 continue
             errors.extend(_check_param(name, p))
+        if "momentum" in self.search_space:
+            opt = self.search_space.get("optimizer")
+            optimizers = (opt.choices if opt.kind == "choices" else [opt.value]) if opt is not None else ["adam"]
+            if "sgd" not in (optimizers or []):
+                errors.append("search_space.momentum: only the SGD optimizer uses momentum; add 'sgd' to "
+                              "search_space.optimizer (the optimizer is adam by default)")
         task = self.dataset.known_task()
         if task is not None:
             errors.extend(objective_errors(self.objective, task))

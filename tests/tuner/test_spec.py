@@ -34,6 +34,14 @@ def _errors(spec_dict, **over: object) -> list[str]:  # type: ignore[no-untyped-
         ({"model": {"kind": "cnn"}}, "model.input_shape: required for a CNN on this data set"),
         ({"dataset": {"builtin": "iris", "task": "regression"}},
          "dataset.task: the builtin data set 'iris' is classification"),
+        ({"search_space": {"batch_size": {"choices": [32, 64, 32]}}},
+         "search_space.batch_size.choices: 32 is listed twice (a repeated choice would be sampled more often)"),
+        ({"search_space": {"momentum": {"low": 0.5, "high": 0.9}}},
+         "search_space.momentum: only the SGD optimizer uses momentum; add 'sgd' to search_space.optimizer "
+         "(the optimizer is adam by default)"),
+        ({"search_space": {"momentum": {"value": 0.9}, "optimizer": {"choices": ["adam", "adamw"]}}},
+         "search_space.momentum: only the SGD optimizer uses momentum; add 'sgd' to search_space.optimizer "
+         "(the optimizer is adam by default)"),
     ],
 )
 def test_error_messages(spec_dict, over: dict, message: str) -> None:
@@ -75,3 +83,12 @@ def test_load_yaml_and_bad_files(tmp_path: Path) -> None:
     assert exc.value.errors[0].startswith("(spec): ")
     with pytest.raises(SpecError):
         load_spec(tmp_path / "missing.json")
+
+
+def test_momentum_with_sgd_and_distinct_choices_are_accepted(spec_dict) -> None:
+    spec = parse_spec(spec_dict(search_space={"momentum": {"low": 0.5, "high": 0.9},
+                                              "optimizer": {"choices": ["adam", "sgd"]},
+                                              "batch_size": {"choices": [32, 64]}, "dropout": {"choices": [0, 0.5]}}))
+    assert spec.search_space["optimizer"].choices == ["adam", "sgd"]
+    # 1 and True are different JSON values, not a repeat
+    assert parse_spec(spec_dict(search_space={"batch_size": {"choices": [1, 2]}})).search_space["batch_size"].choices
