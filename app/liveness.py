@@ -94,7 +94,9 @@ def count_failure(session: Session, job_id: str, message: str, max_failures: int
         return False
     failures = job.failures + 1
     final = failures >= max_failures
-    values: dict[str, object] = {"failures": failures, "last_error": message[:_ERROR_CHARS]}
+    # a version bump: GET /jobs/{id} shows failures and last_error, so its ETag must change with them
+    values: dict[str, object] = {"failures": failures, "last_error": message[:_ERROR_CHARS],
+                                 "version": Job.version + 1, "updated_at": utcnow()}
     if final:
         reason = message if failures == 1 else f"{message} (failed {failures} times)"
         values.update(status=JobStatus.failed.value, error=reason[:_ERROR_CHARS], finished_at=utcnow())

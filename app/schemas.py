@@ -78,6 +78,8 @@ class JobPublic(JobSummary):
     test_metrics: dict[str, Any] | None
     model_path: str | None = None
     spec: dict[str, Any]
+    failures: int = 0  # job-level failures so far (start, data preparation, finalisation, a worker lost in one)
+    last_error: str | None = None  # the latest of them; the job fails for good at TUNER_JOB_MAX_FAILURES
     version: int = 0  # grows with every change of the job (trial end, status, cancel); part of the ETag
     updated_at: datetime | None = None  # last change of that summary
 

@@ -101,7 +101,8 @@ def job_detail(job: Job, storage: optuna.storages.BaseStorage | None = None) -> 
         **{c: getattr(job, c) for c in (
             "id", "name", "status", "dataset_id", "n_trials", "cancel_requested", "created_at", "started_at",
             "finished_at", "error", "study_name", "deadline", "spec", "best_trial", "test_metrics", "model_path",
-            "version", "updated_at")},
+            "version", "updated_at", "last_error")},
+        "failures": job.failures or 0,
         "progress": {"n_trials": job.n_trials, **(job.progress or {})},
     }
 

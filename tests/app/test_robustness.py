@@ -331,3 +331,35 @@ def test_maintenance_looks_at_every_running_job(settings, submit):
     with session_scope(get_engine(settings.database_url)) as s:
         statuses = set(s.scalars(sa.select(Job.status).where(Job.id.in_(ids))))
     assert statuses == {"cancelled"}
+
+
+def test_job_failures_and_last_error_are_shown_by_the_api_and_change_its_etag(settings, submit, monkeypatch):
+    """A job that failed once and recovered says so (``failures``, ``last_error``), and counting a failure
+    changes the ETag, so a poller with If-None-Match sees it."""
+    from fastapi.testclient import TestClient
+
+    from app.liveness import count_failure
+    from app.main import create_app
+
+    real, calls = worker_mod.finalize, []
+
+    def flaky(*a, **kw):
+        calls.append(1)
+        if len(calls) == 1:
+            raise MemoryError()
+        return real(*a, **kw)
+
+    monkeypatch.setattr(worker_mod, "finalize", flaky)
+    job_id = submit(budget={"n_trials": 1})
+    with TestClient(create_app(settings.model_copy(update={"embedded_workers": 0}))) as c:
+        fresh = c.get(f"/jobs/{job_id}")
+        assert fresh.json()["failures"] == 0 and fresh.json()["last_error"] is None
+        with session_scope(get_engine(settings.database_url), write=True) as s:
+            count_failure(s, job_id, "start: a test failure", settings.job_max_failures)
+        r = c.get(f"/jobs/{job_id}", headers={"If-None-Match": fresh.headers["etag"]})
+        assert r.status_code == 200 and r.json()["failures"] == 1
+        assert r.json()["last_error"] == "start: a test failure"
+        _drain(Worker(settings), settings, [job_id])
+        body = c.get(f"/jobs/{job_id}").json()
+        assert body["status"] == "succeeded" and body["failures"] == 2
+        assert "MemoryError" in body["last_error"] and body["error"] is None
