@@ -37,11 +37,11 @@ def _errors(spec_dict, **over: object) -> list[str]:  # type: ignore[no-untyped-
         ({"search_space": {"batch_size": {"choices": [32, 64, 32]}}},
          "search_space.batch_size.choices: 32 is listed twice (a repeated choice would be sampled more often)"),
         ({"search_space": {"momentum": {"low": 0.5, "high": 0.9}}},
-         "search_space.momentum: only the SGD optimizer uses momentum; add 'sgd' to search_space.optimizer "
-         "(the optimizer is adam by default)"),
+         ("search_space.momentum: only the SGD optimizer uses momentum; add 'sgd' to search_space.optimizer "
+         "(the optimizer is adam by default)")),
         ({"search_space": {"momentum": {"value": 0.9}, "optimizer": {"choices": ["adam", "adamw"]}}},
-         "search_space.momentum: only the SGD optimizer uses momentum; add 'sgd' to search_space.optimizer "
-         "(the optimizer is adam by default)"),
+         ("search_space.momentum: only the SGD optimizer uses momentum; add 'sgd' to search_space.optimizer "
+         "(the optimizer is adam by default)")),
     ],
 )
 def test_error_messages(spec_dict, over: dict, message: str) -> None:
