@@ -215,7 +215,7 @@ def sklearn_spec(ds: str, seed: int, n_trials: int, max_epochs: int) -> dict[str
         },
         "objective": "val_loss",
         "budget": {"n_trials": n_trials, "max_epochs": max_epochs, "timeout_s": None},
-        "early_stopping": {"patience": 5},
+        "early_stopping": {"patience": 10},  # as examples/digits-mlp.json (bench.choices: 5 costs accuracy)
         "sampler": {"kind": "tpe", "seed": seed},
     }
 
@@ -461,7 +461,7 @@ def main() -> None:
         payload["textbook"] = part_textbook(seeds, 8 if args.quick else 40, 10 if args.quick else 30, jobs)
     if "sklearn" in only:
         # tuner's epoch cap is scikit-learn's MLP max_iter (200): the same training budget per candidate;
-        # early stopping (patience 5) and the pruner end most trials far sooner
+        # early stopping (patience 10) and the pruner end most trials far sooner
         payload["sklearn"] = part_sklearn(seeds, 4 if args.quick else 20, 10 if args.quick else 200, jobs)
     payload["total_s"] = round(time.perf_counter() - started, 1)
     previous = RESULTS / "peers.json"
