@@ -11,6 +11,7 @@ import hashlib
 import os
 import uuid
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -135,9 +136,10 @@ def store_upload(
     task: str | None,
     allow_nan: bool,
     principal: Principal,
+    fits: Callable[[Session, int], None] | None = None,
 ) -> Dataset:
     """Save and validate an upload for the principal's tenant, then record it in a short write transaction
-    of its own."""
+    of its own; ``fits(session, size)`` runs first in that transaction and may refuse it (the quota)."""
     suffix = Path(filename).suffix.lower()
     fmt = FORMATS.get(suffix)
     if fmt is None:
@@ -155,6 +157,8 @@ def store_upload(
             size_bytes=size, sha256=sha, tenant=principal.tenant, **summary,
         )
         with session_scope(engine, write=True) as session:
+            if fits is not None:
+                fits(session, size)
             session.add(dataset)
     except BaseException:
         tmp.unlink(missing_ok=True)

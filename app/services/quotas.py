@@ -3,7 +3,9 @@
 Checked before a job or an upload is accepted. The job quotas are exact under concurrent submissions: the
 check and the job's INSERT share one write transaction, serialised per tenant (SQLite: ``BEGIN IMMEDIATE``
 serialises every write transaction; Postgres: a transaction-scoped advisory lock on the tenant). The
-upload quota is checked before the body is streamed and again after: two uploads racing may both fit.
+upload quota is checked before the body streams in (from ``Content-Length``), while it streams (the
+room left), and finally in the transaction that records the upload, under the same per-tenant
+serialisation (:func:`check_upload_fits`): two uploads racing cannot both take the last room.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from app.errors import PayloadTooLarge, QuotaExceeded
 from app.models import Dataset, Job, JobStatus
 from app.services.tenancy import Principal
 
-__all__ = ["check_job", "upload_quota_error", "upload_room"]
+__all__ = ["check_job", "check_upload_fits", "upload_quota_error", "upload_room"]
 
 _WAITING = (JobStatus.queued.value, JobStatus.running.value)
 
@@ -27,9 +29,7 @@ def check_job(session: Session, principal: Principal, n_trials: int, settings: S
     Call it in the write transaction that inserts the job: on Postgres it takes the tenant's advisory lock
     (held to the end of that transaction), so a concurrent submission of the same tenant counts this job.
     """
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:key))"),
-                        {"key": f"tuneserve-quota:{principal.tenant}"})
+    _serialise_tenant(session, principal.tenant)
     active, queued = session.execute(
         sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(Job.n_trials - Job.trials_claimed), 0))
         .where(Job.tenant == principal.tenant, Job.status.in_(_WAITING))
@@ -47,11 +47,32 @@ def check_job(session: Session, principal: Principal, n_trials: int, settings: S
             retry_after_s=settings.quota_retry_after_s)
 
 
+def _serialise_tenant(session: Session, tenant: str) -> None:
+    """Postgres: take the tenant's quota lock until the end of ``session``'s transaction, so a concurrent
+    request of the same tenant counts what this one writes. SQLite write transactions (``BEGIN
+    IMMEDIATE``) are serialised already."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": f"tuneserve-quota:{tenant}"})
+
+
+def _used_bytes(session: Session, tenant: str) -> int:
+    return int(session.scalar(
+        sa.select(sa.func.coalesce(sa.func.sum(Dataset.size_bytes), 0)).where(Dataset.tenant == tenant)
+    ) or 0)
+
+
+def check_upload_fits(session: Session, principal: Principal, settings: Settings, size: int) -> None:
+    """413 unless ``size`` more bytes fit in the tenant's quota. Call it in the write transaction that
+    records the upload (it serialises the tenant's quota checks on Postgres)."""
+    _serialise_tenant(session, principal.tenant)
+    used = _used_bytes(session, principal.tenant)
+    if used + size > settings.quota_upload_bytes:
+        raise upload_quota_error(principal, settings, used)
+
+
 def upload_room(session: Session, principal: Principal, settings: Settings, announced: int | None) -> int:
     """Bytes the tenant may still upload; 413 now if it is full or ``announced`` (Content-Length) won't fit."""
-    used = int(session.scalar(
-        sa.select(sa.func.coalesce(sa.func.sum(Dataset.size_bytes), 0)).where(Dataset.tenant == principal.tenant)
-    ) or 0)
+    used = _used_bytes(session, principal.tenant)
     room = settings.quota_upload_bytes - used
     if room <= 0 or (announced is not None and announced > room + 4096):  # 4 KiB: multipart framing
         raise upload_quota_error(principal, settings, used)

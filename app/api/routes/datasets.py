@@ -44,7 +44,7 @@ def upload_dataset(
         dataset = service.store_upload(
             engine, file=file.file, filename=file.filename or "upload", uploads_dir=settings.uploads_dir,
             max_bytes=min(settings.max_upload_bytes, room), target=target or None, task=task, allow_nan=allow_nan,
-            principal=principal,
+            principal=principal, fits=lambda s, size: quotas.check_upload_fits(s, principal, settings, size),
         )
     except PayloadTooLarge:
         if room < settings.max_upload_bytes:  # the tenant's quota, not the per-file limit, was hit

@@ -361,3 +361,32 @@ def test_concurrent_submissions_never_exceed_the_active_jobs_quota(make_app, mak
             codes = sorted(pool.map(submit, range(8)))
         assert codes == [201, 201] + [429] * 6, codes
         assert len(c.get("/jobs", headers=bearer(a)).json()["items"]) == 2
+
+
+def test_concurrent_uploads_never_exceed_the_upload_quota(make_app, make_key, iris_csv, monkeypatch):
+    """Four uploads at once with room for one: exactly one is stored. Validation is slowed to 0.3 s so all
+    four pass the checks made before and while streaming, and only the check in the recording transaction
+    (serialised per tenant) can refuse the others."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from app.services import datasets as dataset_service
+
+    real = dataset_service._summarise
+
+    def slow(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.3)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dataset_service, "_summarise", slow)
+    a = make_key("a")
+    barrier = threading.Barrier(4)
+    with TestClient(make_app(quota_upload_mb=(len(iris_csv) * 1.5) / 2**20)) as c:
+        def upload(_: int) -> int:
+            barrier.wait()
+            return _upload(c, a, iris_csv).status_code
+
+        with ThreadPoolExecutor(4) as pool:
+            codes = sorted(pool.map(upload, range(4)))
+        assert codes == [201, 413, 413, 413], codes
+        assert len(c.get("/datasets", headers=bearer(a)).json()["items"]) == 1
