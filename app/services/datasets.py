@@ -10,8 +10,8 @@ from __future__ import annotations
 import hashlib
 import os
 import uuid
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
