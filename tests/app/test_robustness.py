@@ -59,6 +59,20 @@ def _add_worker_row(settings, wid="alive:1", age_s=0.0, **kw):
 
 
 # ----------------------------------------------------------------------------------------- poison pill
+def _fail_first(monkeypatch, module, name: str, times: int) -> list[int]:
+    """Replace ``module.name`` by a wrapper whose first ``times`` calls raise MemoryError; returns the calls."""
+    real, calls = getattr(module, name), []
+
+    def flaky(*a, **kw):
+        calls.append(1)
+        if len(calls) <= times:
+            raise MemoryError()
+        return real(*a, **kw)
+
+    monkeypatch.setattr(module, name, flaky)
+    return calls
+
+
 def test_poison_pill_fails_its_job_and_the_worker_goes_on(settings, submit):
     """timeout_s = 1e12 (stored directly, past any bound at the door) made ``_start`` raise OverflowError."""
     poison = submit(name="poison")
@@ -102,16 +116,7 @@ def test_worker_killed_while_loading_data_counts_as_a_failure(settings, submit):
 
 @pytest.mark.parametrize("fail_times", [1, 5])
 def test_finalisation_errors_are_retried_a_bounded_number_of_times(settings, submit, monkeypatch, fail_times):
-    real = worker_mod.finalize
-    calls = []
-
-    def flaky(*a, **kw):
-        calls.append(1)
-        if len(calls) <= fail_times:
-            raise MemoryError()
-        return real(*a, **kw)
-
-    monkeypatch.setattr(worker_mod, "finalize", flaky)
+    calls = _fail_first(monkeypatch, worker_mod, "finalize", fail_times)
     job_id = submit(budget={"n_trials": 1})
     (job,) = _drain(Worker(settings), settings, [job_id])
     if fail_times < settings.job_max_failures:
@@ -131,16 +136,7 @@ def test_finalising_worker_that_died_counts_and_ends_the_job_after_the_bound(set
 
 
 def test_memory_error_in_a_trial_is_a_configuration_failure(settings, submit, monkeypatch):
-    real = objective_mod.fit
-    calls = []
-
-    def fit(*a, **kw):
-        calls.append(1)
-        if len(calls) == 1:
-            raise MemoryError()
-        return real(*a, **kw)
-
-    monkeypatch.setattr(objective_mod, "fit", fit)
+    _fail_first(monkeypatch, objective_mod, "fit", 1)
     job_id = submit(budget={"n_trials": 3})
     w = Worker(settings)
     (job,) = _drain(w, settings, [job_id])
@@ -341,15 +337,7 @@ def test_job_failures_and_last_error_are_shown_by_the_api_and_change_its_etag(se
     from app.liveness import count_failure
     from app.main import create_app
 
-    real, calls = worker_mod.finalize, []
-
-    def flaky(*a, **kw):
-        calls.append(1)
-        if len(calls) == 1:
-            raise MemoryError()
-        return real(*a, **kw)
-
-    monkeypatch.setattr(worker_mod, "finalize", flaky)
+    _fail_first(monkeypatch, worker_mod, "finalize", 1)
     job_id = submit(budget={"n_trials": 1})
     with TestClient(create_app(settings.model_copy(update={"embedded_workers": 0}))) as c:
         fresh = c.get(f"/jobs/{job_id}")
