@@ -12,6 +12,6 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_readme_worked_example_is_examples_digits_mlp() -> None:
     readme = (ROOT / "README.md").read_text()
     section = readme.split("`examples/digits-mlp.json`:", 1)[1]
-    block = re.search(r"```json\n(.*?)\n```", section, re.S)
+    block = re.search(r"```json\n(.*?)\n```", section, re.DOTALL)
     assert block is not None
     assert json.loads(block.group(1)) == json.loads((ROOT / "examples" / "digits-mlp.json").read_text())
