@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from app.db import session_scope
 from app.models import Job, JobStatus, WorkerRow, utcnow
+from app.services.summary import bump_version
 
 __all__ = [
     "count_failure",
@@ -95,8 +96,7 @@ def count_failure(session: Session, job_id: str, message: str, max_failures: int
     failures = job.failures + 1
     final = failures >= max_failures
     # a version bump: GET /jobs/{id} shows failures and last_error, so its ETag must change with them
-    values: dict[str, object] = {"failures": failures, "last_error": message[:_ERROR_CHARS],
-                                 "version": Job.version + 1, "updated_at": utcnow()}
+    values: dict[str, object] = {"failures": failures, "last_error": message[:_ERROR_CHARS], **bump_version()}
     if final:
         reason = message if failures == 1 else f"{message} (failed {failures} times)"
         values.update(status=JobStatus.failed.value, error=reason[:_ERROR_CHARS], finished_at=utcnow())

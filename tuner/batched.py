@@ -300,14 +300,10 @@ def fit_folds_lockstep(
     for k, fold in enumerate(folds):
         outputs_t = best_out[k]
         assert outputs_t is not None and fold.val_idx is not None
-        y_val = tensors[k][3]
-        if task == "classification" and not bool((y_val < 0).any()):  # in torch: scikit-learn's input checks
-            with torch.inference_mode():  # cost more than the metrics of these small folds
+        if task == "classification":  # in torch: scikit-learn's input checks cost more than the metrics of
+            with torch.inference_mode():  # these small folds (validation labels are known classes, >= 0)
                 proba = torch.softmax(outputs_t, dim=1).float()
-                fold_metrics.append(classification_metrics_t(proba, y_val.to(proba.device), best_loss[k]))
-        elif task == "classification":
-            outputs = torch.softmax(outputs_t, dim=1).float().cpu().numpy()
-            fold_metrics.append(compute_metrics(task, data.dev_y[fold.val_idx], outputs, best_loss[k]))
+                fold_metrics.append(classification_metrics_t(proba, tensors[k][3], best_loss[k]))
         else:
             outputs = fold.preprocessor.inverse_target(outputs_t.reshape(-1).float().cpu().numpy())
             fold_metrics.append(compute_metrics(task, data.dev_y[fold.val_idx], outputs, best_loss[k]))
