@@ -26,6 +26,7 @@ PARTS = [
     ("peers", "8. Against the script a user would write (issue 10)"),
     ("plots", "9. Plots at 5,000 trials"),
     ("choices", "10. Training choices without search noise (init, patience)"),
+    ("sklearn_gap", "11. The test-score gap to scikit-learn, one change at a time"),
 ]
 
 
@@ -182,20 +183,33 @@ RENDER = {"pruning": pruning, "samplers": samplers, "overhead": overhead, "train
           "workers": workers, "api_load": api_load, "growth": growth}
 
 
+def seed_range(seeds: list[int]) -> str:
+    """``[0, 1, 2]`` for a few seeds, ``0-19 (20)`` for a run of consecutive ones."""
+    if len(seeds) > 3 and seeds == list(range(seeds[0], seeds[0] + len(seeds))):
+        return f"{seeds[0]}-{seeds[-1]} ({len(seeds)})"
+    return str(seeds)
+
+
 def peers(r: dict[str, Any]) -> tuple[str, list[list[str]]]:
     lines: list[str] = []
     targets: list[list[str]] = []
     jobs = r["config"]["jobs"]
     if "textbook" in r:
         t = r["textbook"]
+        tseeds = t.get("seeds", r["config"]["seeds"])
         lines.append(f"**Textbook Optuna script vs `tuner.run`** (digits MLP 128-64, 40 trials, <= 30 epochs, "
-                     f"median pruner, TPE seeds {r['config']['seeds']}; `jN` = `--jobs N`, one torch thread per "
+                     f"median pruner, TPE seeds {seed_range(tseeds)}; `jN` = `--jobs N`, one torch thread per "
                      "process; `memory` = in-memory study (a temporary journal file with N > 1), `sqlite` = a "
                      "SQLite file)\n")
         rows = [[v, s["median_wall_s"], s["median_epochs"], s["median_test_accuracy"], s["wall_ratio_vs_textbook"],
-                 s["test_points_vs_textbook"]] for v, s in t["summary"].items()]
-        lines.append(table(["variant", "wall s", "epochs", "test accuracy", "wall / textbook", "test points vs textbook"],
-                           rows, digits=[0, 2, 0, 4, 2, 2]))
+                 s["test_points_vs_textbook"], s.get("test_points_se"), s.get("test_points_median_first3")]
+                for v, s in t["summary"].items()]
+        lines.append(table(["variant", "wall s", "epochs", "test accuracy", "wall / textbook",
+                            "test points vs textbook (mean)", "standard error", "median, seeds 0-2"],
+                           rows, digits=[0, 2, 0, 4, 2, 2, 2, 2]))
+        lines.append("")
+        lines.append("Medians over the seeds, except the test points: the mean of the per-seed paired difference "
+                     "(the verdict), its standard error, and the median over the first three seeds.")
         lines.append("")
         if t.get("from_run"):
             lines += [f"(These rows come from the full run of {t['from_run']}.)", ""]
@@ -217,16 +231,20 @@ def peers(r: dict[str, Any]) -> tuple[str, list[list[str]]]:
             if ds == "from_run":
                 continue
             rows.append([ds, s["sklearn_median_wall_s"], s["tuner_median_wall_s"], s["wall_ratio"],
-                         s["sklearn_median_test"], s["tuner_median_test"], s["tuner_median_epochs"]])
+                         s["sklearn_median_test"], s["tuner_median_test"], s.get("test_diff_mean"),
+                         s.get("test_diff_se"), s["tuner_median_epochs"]])
             n_ok += bool(s["test_not_worse"])
             targets.append([f"8. tuner / scikit-learn, {ds}", "<= 1.0", fmt(s["wall_ratio"], 2),
                             verdict(s["wall_ratio"] <= 1.0)])
         targets.append(["8. tuner test score >= scikit-learn's median", ">= 3 of 4 data sets", f"{n_ok} of 4",
                         verdict(n_ok >= 3)])
+        sseeds = r["config"].get("sklearn_seeds", r["config"]["seeds"])
         lines.append(table(["data set", "scikit-learn s", "tuner s", "tuner / sklearn", "sklearn test",
-                            "tuner test", "tuner epochs"], rows, digits=[0, 2, 2, 2, 4, 4, 0]))
+                            "tuner test", "tuner - sklearn (mean)", "standard error", "tuner epochs"], rows,
+                           digits=[0, 2, 2, 2, 4, 4, 4, 4, 0]))
         lines.append("")
-        lines.append("Test score: accuracy (classification), R² (diabetes); medians over the seeds.")
+        lines.append(f"Test score: accuracy (classification), R² (diabetes); medians over seeds {seed_range(sseeds)} "
+                     "(the verdict compares the two medians), and the mean of the per-seed paired difference.")
         lines.append("")
         if r["sklearn"].get("from_run"):
             lines += [f"(These rows come from the full run of {r['sklearn']['from_run']}.)", ""]
@@ -293,6 +311,26 @@ def choices(r: dict[str, Any]) -> tuple[str, list[list[str]]]:
 
 
 RENDER["choices"] = choices
+
+
+def sklearn_gap(r: dict[str, Any]) -> tuple[str, list[list[str]]]:
+    """Tuner variants on the peers part's scikit-learn spec: mean test score and the paired gap (no target)."""
+    text = (f"Part 8's scikit-learn spec ({r['n_trials']} trials, 5-fold, at most {r['max_epochs']} epochs), "
+            f"`--jobs 1`, seeds {r['seeds']}; test score: accuracy (digits), R² (diabetes); scikit-learn's "
+            "scores from part 8's run on the same seeds.\n\n")
+    rows = []
+    for ds, o in r["datasets"].items():
+        for v, s in o["variants"].items():
+            rows.append([ds, v, s["mean"], s["se"], s["median"], s["diff_vs_sklearn_mean"], s["diff_vs_sklearn_se"],
+                         s.get("median_epochs")])
+        rows.append([ds, "scikit-learn (part 8)", o.get("sklearn_mean"), None, o.get("sklearn_median"), None, None,
+                     None])
+    text += table(["data set", "variant", "mean test score", "standard error", "median", "tuner - scikit-learn (mean)",
+                   "standard error", "epochs (median)"], rows, digits=[0, 0, 4, 4, 4, 4, 4, 0])
+    return text, []
+
+
+RENDER["sklearn_gap"] = sklearn_gap
 
 
 def main() -> None:

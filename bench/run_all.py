@@ -14,7 +14,8 @@ from tqdm import tqdm
 
 from bench.common import banner, run_module, table
 
-PARTS = ("pruning", "samplers", "overhead", "trainloop", "workers", "api_load", "growth", "plots", "peers", "choices")
+PARTS = ("pruning", "samplers", "overhead", "trainloop", "workers", "api_load", "growth", "plots", "peers", "choices",
+         "sklearn_gap")
 
 
 def main() -> int:

@@ -1,0 +1,104 @@
+"""Where the test-score gap to scikit-learn comes from: pruner and initialisation, one at a time.
+
+The peers part (8) compares ``tuner.run`` with scikit-learn's ``MLP*`` + ``RandomizedSearchCV`` on four
+data sets; on digits and diabetes tuner's test score is below scikit-learn's over 10 seeds. Here the same
+tuner spec (``bench.peers.sklearn_spec``: 20 trials, 5-fold in lockstep, at most 200 epochs, patience 10)
+runs with one change at a time, on the same seeds, in one process (``--jobs 1``: every variant's search
+is deterministic per seed, so the variants differ only by the change):
+
+- ``default``: the spec as in part 8 (successive halving, Optuna's ``min_resource='auto'``: rungs at
+  epochs 1, 4, 16, 64);
+- ``no pruner``: every trial runs until early stopping or the epoch budget;
+- ``SH min_resource 6``: successive halving with its first rung at epoch 6 (rungs 6, 24, 96);
+- ``PyTorch default init`` (diagnostic only: the mission asks for He on ReLU layers): ``nn.Linear``'s own
+  initialisation, about 6x smaller weight variance than He's, close to scikit-learn's Glorot.
+
+The scikit-learn scores are read from bench/results/peers.json (same seeds, same rows).
+``.venv/bin/python -m bench.sklearn_gap`` (about 9 minutes on one core); results in
+bench/results/sklearn_gap.json.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bench.common import RESULTS, banner, parser, quiet_optuna, set_threads, table, write_result
+
+DATASETS = ("digits", "diabetes")
+VARIANTS = ("default", "no pruner", "SH min_resource 6", "PyTorch default init")
+
+
+def _spec(variant: str, ds: str, seed: int, n_trials: int, max_epochs: int) -> dict[str, Any]:
+    from bench.peers import sklearn_spec
+
+    d = sklearn_spec(ds, seed, n_trials, max_epochs)
+    if variant == "no pruner":
+        d["pruner"] = {"kind": "none"}
+    elif variant == "SH min_resource 6":
+        d["pruner"] = {"kind": "successive_halving", "min_resource": 6}
+    return d
+
+
+def main() -> None:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--seeds", type=int, default=10, help="seeds 0..N-1")
+    args = p.parse_args()
+    quiet_optuna()
+    set_threads(1)
+    import numpy as np
+
+    import tuner.models as tm
+    from bench.peers import mean_se, tuner_run
+
+    seeds = [0] if args.quick else list(range(args.seeds))
+    n_trials, max_epochs = (4, 10) if args.quick else (20, 200)
+    peers_file = RESULTS / "peers.json"
+    sk_scores: dict[str, dict[int, float]] = {}
+    if peers_file.is_file():
+        sk = json.loads(peers_file.read_text()).get("sklearn", {})
+        for ds in DATASETS:
+            runs = (sk.get(ds) or {}).get("runs", {}).get("sklearn", [])
+            sk_scores[ds] = {int(r["seed"]): float(r["test_score"]) for r in runs}
+    banner(f"tuner vs scikit-learn: one change at a time, {n_trials} trials, 5-fold, seeds {seeds}, --jobs 1")
+    real_init = tm.init_weights
+    out: dict[str, Any] = {}
+    for ds in DATASETS:
+        key = "r2" if ds == "diabetes" else "accuracy"
+        per: dict[str, Any] = {}
+        for variant in VARIANTS:
+            scores: list[float] = []
+            epochs: list[int] = []
+            tm.init_weights = (lambda model, activation: None) if variant == "PyTorch default init" else real_init
+            try:
+                for seed in seeds:
+                    with tempfile.TemporaryDirectory(prefix="bench-gap-") as tmp:
+                        r = tuner_run(_spec(variant, ds, seed, n_trials, max_epochs),
+                                      storage=f"sqlite:///{tmp}/gap.db", jobs=1, tmp=Path(tmp))
+                    scores.append(float(r["test_metrics"][key]))
+                    epochs.append(int(r.get("epochs") or 0))
+                    print(f"  {ds:<9} {variant:<22} seed={seed} test={scores[-1]:.4f} epochs={r.get('epochs')}",
+                          flush=True)
+            finally:
+                tm.init_weights = real_init
+            mean, se = mean_se(scores)
+            sk = [sk_scores.get(ds, {}).get(s) for s in seeds]
+            diffs = [a - b for a, b in zip(scores, sk, strict=True) if b is not None]
+            d_mean, d_se = mean_se(diffs)
+            per[variant] = {"scores": scores, "mean": mean, "se": se, "median": float(np.median(scores)),
+                            "epochs": epochs, "median_epochs": float(np.median(epochs)),
+                            "diff_vs_sklearn_mean": d_mean, "diff_vs_sklearn_se": d_se}
+        sk_vals = [v for s, v in sk_scores.get(ds, {}).items() if s in seeds]
+        out[ds] = {"variants": per, "sklearn_mean": mean_se(sk_vals)[0] if sk_vals else None,
+                   "sklearn_median": float(np.median(sk_vals)) if sk_vals else None}
+    print(table(["data set", "variant", "mean", "se", "median", "- sklearn (mean)", "se"],
+                [[ds, v, s["mean"], s["se"], s["median"], s["diff_vs_sklearn_mean"], s["diff_vs_sklearn_se"]]
+                 for ds, o in out.items() for v, s in o["variants"].items()], digits=4))
+    write_result("sklearn_gap", {"seeds": seeds, "n_trials": n_trials, "max_epochs": max_epochs, "datasets": out},
+                 quick=args.quick, no_write=args.no_write)
+
+
+if __name__ == "__main__":
+    main()
