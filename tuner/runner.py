@@ -404,7 +404,7 @@ def run(
         )
         remaining = spec.budget.n_trials - trial_counts(study).counted
         try:
-            if remaining > 0 and shared is not None:
+            if remaining > 1 and shared is not None:  # one trial left: no processes to start for it
                 release_connections(study._storage)
                 search_parallel(
                     spec, data, shared, study.study_name, n_trials=remaining, jobs=min(jobs, remaining),
@@ -412,6 +412,8 @@ def run(
                     threads=num_threads or 1, progress=progress,
                 )
             elif remaining > 0:
+                if jobs > 1 and not num_threads:  # the last trial of a --jobs N run: this process, every core
+                    torch.set_num_threads(_default_threads())
                 optimize(study, objective, n_trials=remaining, timeout_s=spec.budget.timeout_s, progress=progress)
         except KeyboardInterrupt:
             return build_result(study, status="interrupted")

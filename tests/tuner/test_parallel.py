@@ -60,6 +60,26 @@ def test_jobs_resume_only_the_missing_trials(make_spec, tmp_path: Path) -> None:
     assert len(optuna.load_study(study_name=spec.name, storage=url).trials) == 4
 
 
+def test_one_remaining_trial_runs_in_this_process(make_spec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--jobs N with a single trial left starts no search processes (nor the fork server): it runs here."""
+    import tuner.parallel
+
+    def no_processes(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("search_parallel started processes for one trial")
+
+    monkeypatch.setattr(tuner.parallel, "search_parallel", no_processes)
+    url = f"sqlite:///{tmp_path / 'one.db'}"
+    spec = make_spec(budget={"n_trials": 1, "max_epochs": 1})
+    result = run(spec, storage=url, artifacts_dir=tmp_path, progress=False, jobs=4)
+    assert result["status"] == "completed" and result["counts"]["counted"] == 1
+    (trial,) = optuna.load_study(study_name=spec.name, storage=url).trials
+    assert trial.user_attrs["worker"].rsplit(":", 1)[1] == str(os.getpid())  # trained in this process
+    # with two trials left the processes are used (the same patch now fails the run)
+    more = spec.model_copy(update={"budget": spec.budget.model_copy(update={"n_trials": 3})})
+    with pytest.raises(AssertionError, match="started processes"):
+        run(more, storage=url, artifacts_dir=tmp_path, progress=False, jobs=4, rescore_test=True)
+
+
 def test_fork_server_warm_up_leaves_no_thread_or_file_behind(tmp_path, monkeypatch) -> None:
     """tuner._warmup runs in the fork server before it forks the search processes: it must not leave a
     thread (a forked child would inherit a lock it holds) or a temporary file behind."""
