@@ -198,7 +198,6 @@ def part_textbook(seeds: list[int], n_trials: int, max_epochs: int, jobs: int) -
             "test_points_vs_textbook": mean,
             "test_points_se": se,
             "test_points_median_first3": median(points[:3]),  # the 3-seed protocol, for reference
-            "n_seeds": len(rs),
         }
     print(table(["variant", "wall s", "epochs", "test acc", "wall / textbook", "test pts vs textbook (mean)", "se"],
                 [[v, s["median_wall_s"], s["median_epochs"], s["median_test_accuracy"], s["wall_ratio_vs_textbook"],

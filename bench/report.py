@@ -316,7 +316,7 @@ RENDER["choices"] = choices
 def sklearn_gap(r: dict[str, Any]) -> tuple[str, list[list[str]]]:
     """Tuner variants on the peers part's scikit-learn spec: mean test score and the paired gap (no target)."""
     text = (f"Part 8's scikit-learn spec ({r['n_trials']} trials, 5-fold, at most {r['max_epochs']} epochs), "
-            f"`--jobs 1`, seeds {r['seeds']}; test score: accuracy (digits), R² (diabetes); scikit-learn's "
+            f"`--jobs 1`, seeds {seed_range(r['seeds'])}; test score: accuracy (digits), R² (diabetes); scikit-learn's "
             "scores from part 8's run on the same seeds.\n\n")
     rows = []
     for ds, o in r["datasets"].items():

@@ -51,6 +51,7 @@ def main() -> None:
     import numpy as np
 
     import tuner.models as tm
+    from bench.choices import _inits
     from bench.peers import mean_se, tuner_run
 
     seeds = [0] if args.quick else list(range(args.seeds))
@@ -64,6 +65,7 @@ def main() -> None:
             sk_scores[ds] = {int(r["seed"]): float(r["test_score"]) for r in runs}
     banner(f"tuner vs scikit-learn: one change at a time, {n_trials} trials, 5-fold, seeds {seeds}, --jobs 1")
     real_init = tm.init_weights
+    pytorch_default = _inits()["pytorch_default"]  # part 10's: nn.Linear's own init is left as it is
     out: dict[str, Any] = {}
     for ds in DATASETS:
         key = "r2" if ds == "diabetes" else "accuracy"
@@ -71,7 +73,7 @@ def main() -> None:
         for variant in VARIANTS:
             scores: list[float] = []
             epochs: list[int] = []
-            tm.init_weights = (lambda model, activation: None) if variant == "PyTorch default init" else real_init
+            tm.init_weights = pytorch_default if variant == "PyTorch default init" else real_init
             try:
                 for seed in seeds:
                     with tempfile.TemporaryDirectory(prefix="bench-gap-") as tmp:

@@ -392,7 +392,6 @@ def run(
     from tuner.storage import open_storage
 
     previous_threads = torch.get_num_threads()
-    torch.set_num_threads(num_threads or (1 if jobs > 1 else _default_threads()))
     tmp = tempfile.TemporaryDirectory(prefix="tuner-jobs-") if jobs > 1 else None
     try:
         data = prepare_data(spec)
@@ -403,8 +402,11 @@ def run(
             artifacts_dir=Path(artifacts_dir),
         )
         remaining = spec.budget.n_trials - trial_counts(study).counted
+        in_processes = shared is not None and remaining > 1  # one trial left: no processes to start for it
+        # one torch thread per search process; this process alone uses every core
+        torch.set_num_threads(num_threads or (1 if in_processes else _default_threads()))
         try:
-            if remaining > 1 and shared is not None:  # one trial left: no processes to start for it
+            if in_processes:
                 release_connections(study._storage)
                 search_parallel(
                     spec, data, shared, study.study_name, n_trials=remaining, jobs=min(jobs, remaining),
@@ -412,8 +414,6 @@ def run(
                     threads=num_threads or 1, progress=progress,
                 )
             elif remaining > 0:
-                if jobs > 1 and not num_threads:  # the last trial of a --jobs N run: this process, every core
-                    torch.set_num_threads(_default_threads())
                 optimize(study, objective, n_trials=remaining, timeout_s=spec.budget.timeout_s, progress=progress)
         except KeyboardInterrupt:
             return build_result(study, status="interrupted")
