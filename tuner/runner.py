@@ -85,7 +85,7 @@ def open_study(
         storage=open_storage(storage),  # a SQLite URL gets WAL, synchronous=NORMAL and a busy timeout
         study_name=study_name or spec.name,
         sampler=spec.sampler.build(space),
-        pruner=spec.pruner.build(),
+        pruner=spec.pruner.build(spec.budget.max_epochs),
         direction=spec.direction,
         load_if_exists=True,
     )

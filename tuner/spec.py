@@ -410,16 +410,36 @@ class PrunerSpec(_Args):
             raise ValueError(str(exc)) from None
         return self
 
-    def build(self) -> optuna.pruners.BasePruner:
-        """The Optuna pruner this spec names (``patient`` wraps a median pruner)."""
+    def effective_params(self, max_epochs: int | None = None) -> dict[str, Any]:
+        """:attr:`params` plus the defaults tuner chooses itself: successive halving with no ``min_resource``
+        gets its first rung from the epoch budget (:func:`default_min_resource`)."""
+        params = dict(self.params)
+        if self.kind == "successive_halving" and self.min_resource is None and max_epochs is not None:
+            params["min_resource"] = default_min_resource(max_epochs)
+        return params
+
+    def build(self, max_epochs: int | None = None) -> optuna.pruners.BasePruner:
+        """The Optuna pruner this spec names (``patient`` wraps a median pruner), for an epoch budget."""
         cls = _PRUNERS[self.kind]
         assert cls is not None
+        params = self.effective_params(max_epochs)
         with warnings.catch_warnings():  # Wilcoxon/Patient are "experimental" in Optuna; that is not news here
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             if self.kind == "patient":
-                params = {"patience": 3, **self.params}
-                return optuna.pruners.PatientPruner(optuna.pruners.MedianPruner(), **params)
-            return cls(**self.params)
+                return optuna.pruners.PatientPruner(optuna.pruners.MedianPruner(), **{"patience": 3, **params})
+            return cls(**params)
+
+
+def default_min_resource(max_epochs: int) -> int | Literal["auto"]:
+    """Successive halving's first rung when a spec sets none: 1/32 of the epoch budget from 64 epochs up.
+
+    Optuna's ``"auto"`` takes 1/100 of the first finished trial's length, which early stopping makes
+    short: the first rung lands at epoch 1, where a slow learning rate looks worst and is cut. Below 64
+    epochs (every shipped example) 1/32 of the budget is epoch 1 anyway, and ``"auto"`` is kept as it was
+    measured (it also prunes nothing before the first trial finishes); a 200-epoch budget gets rungs at
+    6, 24 and 96 (bench part 11, docs/BENCHMARKS.md).
+    """
+    return max_epochs // 32 if max_epochs >= 64 else "auto"
 
 
 class SamplerSpec(_Args):

@@ -92,3 +92,24 @@ def test_momentum_with_sgd_and_distinct_choices_are_accepted(spec_dict) -> None:
     assert spec.search_space["optimizer"].choices == ["adam", "sgd"]
     # 1 and True are different JSON values, not a repeat
     assert parse_spec(spec_dict(search_space={"batch_size": {"choices": [1, 2]}})).search_space["batch_size"].choices
+
+
+@pytest.mark.parametrize(("pruner", "max_epochs", "first_rung"), [
+    ({}, 30, None),  # every shipped example: Optuna's "auto" (None until the first trial ends), as before
+    ({}, 63, None),
+    ({}, 64, 2),
+    ({}, 200, 6),  # rungs at 6, 24, 96
+    ({"kind": "successive_halving", "min_resource": 3}, 200, 3),  # the spec's own value wins
+    # Optuna's rule on request (Optuna keeps None until the first trial finishes)
+    ({"kind": "successive_halving", "min_resource": "auto"}, 200, None),
+])
+def test_successive_halving_first_rung_follows_the_epoch_budget(pruner, max_epochs, first_rung) -> None:
+    from tuner.runner import open_study
+
+    d = {"name": "sh", "dataset": {"builtin": "iris"}, "budget": {"max_epochs": max_epochs}}
+    spec = parse_spec({**d, **({"pruner": pruner} if pruner else {})})
+    assert spec.pruner.kind == "successive_halving"
+    study = open_study(spec, None)  # the pruner every trial of the job sees
+    assert study.pruner._min_resource == first_rung  # type: ignore[attr-defined]
+    # the spec itself is unchanged: what the user wrote is what is stored and echoed
+    assert spec.pruner.min_resource == pruner.get("min_resource")
