@@ -35,13 +35,13 @@ def _inits() -> dict[str, Any]:
 
     import tuner.models as tm
 
-    def he_all(model: nn.Module, activation: str) -> None:
+    def he_all(model: nn.Module, activation: str, init: str = "auto") -> None:
         for m in model.modules():
             if isinstance(m, nn.Linear):
                 nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
                 nn.init.zeros_(m.bias)
 
-    def pytorch_default(model: nn.Module, activation: str) -> None:
+    def pytorch_default(model: nn.Module, activation: str, init: str = "auto") -> None:
         return None  # nn.Linear's reset_parameters already ran
 
     return {"he_all": he_all, "he_xavier_head": tm.init_weights, "pytorch_default": pytorch_default}

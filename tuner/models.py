@@ -40,30 +40,42 @@ _ACTIVATIONS: dict[str, type[nn.Module]] = {
 _RELU_FAMILY = ("relu", "leaky_relu", "elu", "gelu")
 
 
-def init_scheme(activation: str) -> str:
-    """``"he"`` for the ReLU family, ``"xavier"`` for tanh and sigmoid."""
+def init_scheme(activation: str, init: str = "auto") -> str:
+    """The hidden layers' scheme: ``init`` itself unless ``"auto"``, which is ``"he"`` for the ReLU family
+    and ``"xavier"`` for tanh and sigmoid."""
+    if init != "auto":
+        return init
     return "he" if activation in _RELU_FAMILY else "xavier"
 
 
-def init_weights(model: nn.Module, activation: str) -> None:
+def init_weights(model: nn.Module, activation: str, init: str = "auto") -> None:
     """Initialise every Linear/Conv2d weight to suit what follows it; biases to zero.
 
     Hidden layers feed the activation: He (normal, the activation's gain) for the ReLU family, Xavier
     (uniform, the activation's gain) for tanh and sigmoid. The output layer (the last Linear) feeds no
     activation - its outputs are logits for the softmax or the regression's prediction - so it gets
     Xavier with the linear gain 1: He's ReLU gain there would double the logits' initial variance.
+
+    ``init`` (``model.init``) overrides the hidden layers' scheme: ``"he"`` or ``"xavier"`` whatever the
+    activation, ``"glorot"`` (Xavier-uniform with gain 1, as Keras and scikit-learn's MLP) and ``"torch"``
+    (the layers keep PyTorch's own initialisation, biases included, output layer too).
     """
+    scheme = init_scheme(activation, init)
+    if scheme == "torch":
+        return
     layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
     head = next((m for m in reversed(layers) if isinstance(m, nn.Linear)), None)
     for m in layers:
-        if m is head:
+        if m is head or scheme == "glorot":
             nn.init.xavier_uniform_(m.weight, gain=1.0)
-        elif init_scheme(activation) == "he":
-            nonlin: Any = "leaky_relu" if activation == "leaky_relu" else "relu"
+        elif scheme == "he":
+            # the activation's own gain: ReLU's (LeakyReLU with its slope) for the ReLU family, else tanh/sigmoid's
+            nonlin: Any = ("leaky_relu" if activation == "leaky_relu" else "relu") if activation in _RELU_FAMILY \
+                else activation
             slope = nn.LeakyReLU().negative_slope if activation == "leaky_relu" else 0.0  # the gain's slope
             nn.init.kaiming_normal_(m.weight, a=slope, nonlinearity=nonlin)
         else:
-            gain = nn.init.calculate_gain(cast(Any, activation))
+            gain = nn.init.calculate_gain(cast(Any, "relu" if activation in _RELU_FAMILY else activation))
             nn.init.xavier_uniform_(m.weight, gain=gain)
         if m.bias is not None:
             nn.init.zeros_(m.bias)
@@ -160,11 +172,12 @@ class CNN(nn.Module):
 
 
 def mlp_factory(
-    params: Mapping[str, Any], n_features: int, n_outputs: int, /, *, hidden: list[int], activation: str
+    params: Mapping[str, Any], n_features: int, n_outputs: int, /, *, hidden: list[int], activation: str,
+    init: str = "auto",
 ) -> nn.Module:
     """The built-in ``mlp`` family (registered in :mod:`tuner.registry` like any plugin)."""
     model = MLP(n_features, _widths(hidden, params), n_outputs, activation, float(params.get("dropout", 0.0)))
-    init_weights(model, activation)
+    init_weights(model, activation, init)
     return model
 
 
@@ -179,6 +192,7 @@ def cnn_factory(
     channels: list[int],
     kernel_size: int,
     input_shape: tuple[int, int, int] | None,
+    init: str = "auto",
 ) -> nn.Module:
     """The built-in ``cnn`` family; ``input_shape`` (C, H, W) must hold ``n_features`` values."""
     if input_shape is None:
@@ -188,7 +202,7 @@ def cnn_factory(
         raise ValueError(f"input shape {list(input_shape)} does not match {n_features} features")
     dropout = float(params.get("dropout", 0.0))
     model = CNN((c, h, w), list(channels), kernel_size, _widths(hidden, params), n_outputs, activation, dropout)
-    init_weights(model, activation)
+    init_weights(model, activation, init)
     return model
 
 
@@ -196,7 +210,7 @@ def model_options(spec: ModelSpec, input_shape: tuple[int, int, int] | None = No
     """The keyword options the spec's family factory is called with."""
     if spec.kind == "plugin":
         return dict(spec.options)
-    options: dict[str, Any] = {"hidden": list(spec.hidden), "activation": spec.activation}
+    options: dict[str, Any] = {"hidden": list(spec.hidden), "activation": spec.activation, "init": spec.init}
     if spec.kind == "cnn":
         shape = tuple(spec.input_shape) if spec.input_shape is not None else input_shape
         options |= {"channels": list(spec.channels), "kernel_size": spec.kernel_size, "input_shape": shape}

@@ -121,6 +121,11 @@ class ModelSpec(_Model):
     kind: Literal["mlp", "cnn", "plugin"] = "mlp"
     hidden: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [128, 64])
     activation: Literal["relu", "leaky_relu", "elu", "gelu", "tanh", "sigmoid"] = "relu"
+    # Built-in families' weight initialisation (tuner.models.init_weights). "auto": He for the ReLU family,
+    # Xavier with the activation's gain for tanh/sigmoid; "glorot": Xavier-uniform with gain 1 on every layer
+    # (Keras' and scikit-learn's default); "torch": the layers' own PyTorch initialisation.
+    init: Literal["auto", "he", "xavier", "glorot", "torch"] = Field(
+        default="auto", description="auto (He for ReLU-family, Xavier for tanh/sigmoid), he, xavier, glorot, torch")
     # CNN only: channels per conv block (conv -> activation -> Dropout2d -> maxpool) and the input's shape.
     channels: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [16, 32])
     kernel_size: int = Field(default=3, ge=1)
@@ -171,6 +176,8 @@ class ModelSpec(_Model):
             if self.name is not None or self.options:
                 raise ValueError("name: 'name' and 'options' are for kind 'plugin'")
             return self
+        if self.init != "auto":
+            raise ValueError("init: applies to the built-in mlp and cnn families; a plugin initialises its own model")
         if self.name is None:
             raise ValueError("name: is required for kind 'plugin'")
         if self.name in BUILTIN_FAMILIES:

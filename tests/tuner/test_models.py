@@ -97,3 +97,55 @@ def test_output_layer_is_xavier_with_linear_gain(activation: str, kind: str) -> 
     # the hidden layer before it keeps its activation's scheme (He for ReLU is normal, with a larger spread)
     if activation == "relu":
         assert float(hidden.weight.detach().std()) == pytest.approx(math.sqrt(2.0 / hidden.in_features), rel=0.05)
+
+
+@pytest.mark.parametrize(("init", "activation", "std"), [
+    ("auto", "relu", math.sqrt(2.0 / 1000)),  # He
+    ("he", "relu", math.sqrt(2.0 / 1000)),
+    ("he", "tanh", (5.0 / 3.0) / math.sqrt(1000)),  # He with tanh's gain
+    ("xavier", "relu", math.sqrt(2.0) * math.sqrt(2.0 / 1400)),  # Xavier with ReLU's gain
+    ("glorot", "relu", math.sqrt(2.0 / 1400)),  # gain 1, as Keras and scikit-learn
+    ("torch", "relu", 1.0 / math.sqrt(3 * 1000)),  # nn.Linear's own kaiming_uniform(a=sqrt(5))
+])
+def test_model_init_option(init: str, activation: str, std: float) -> None:
+    torch.manual_seed(0)
+    spec = ModelSpec(hidden=[400], activation=activation, init=init)  # type: ignore[arg-type]
+    model = build_model(spec, {}, 1000, 2)
+    hidden, head = model.net[0], [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    assert float(hidden.weight.detach().std()) == pytest.approx(std, rel=0.03)
+    if init == "torch":  # nothing re-initialised: PyTorch's uniform biases stay, the head keeps its own init
+        assert float(hidden.bias.detach().abs().max()) > 0.0
+        assert float(head.weight.detach().abs().max()) <= 1.0 / math.sqrt(400) + 1e-6
+    else:
+        assert float(hidden.bias.detach().abs().max()) == 0.0
+        assert float(head.weight.detach().std()) == pytest.approx(math.sqrt(2.0 / 402), rel=0.2)  # Xavier, gain 1
+
+
+def test_model_init_reaches_cnn_and_lockstep_folds() -> None:
+    from tuner.batched import StackedMLP
+
+    torch.manual_seed(0)
+    cnn = build_model(ModelSpec(kind="cnn", channels=[64], hidden=[32], init="glorot"), {}, 64, 10,
+                      input_shape=(1, 8, 8))
+    conv = next(m for m in cnn.modules() if isinstance(m, nn.Conv2d))
+    fan_in, fan_out = 1 * 3 * 3, 64 * 3 * 3
+    assert float(conv.weight.detach().std()) == pytest.approx(math.sqrt(2.0 / (fan_in + fan_out)), rel=0.1)
+    # the lockstep K-fold model stacks the folds' models as built: same initial weights
+    folds = [build_model(ModelSpec(hidden=[400], init="torch"), {}, 1000, 2) for _ in range(2)]
+    stacked = StackedMLP(folds)
+    for k, fold in enumerate(folds):  # weights stored [K, in, out], biases [K, 1, out]
+        assert torch.equal(stacked.weights[0].detach()[k], fold.net[0].weight.detach().t())
+        assert torch.equal(stacked.biases[0].detach()[k, 0], fold.net[0].bias.detach())
+    assert not torch.equal(stacked.weights[0][0], stacked.weights[0][1])  # built one after the other here
+
+
+def test_model_init_is_for_builtin_families() -> None:
+    from tuner.spec import SpecError, parse_spec
+
+    with pytest.raises(SpecError) as exc:
+        parse_spec({"name": "p", "dataset": {"builtin": "iris"},
+                    "model": {"kind": "plugin", "name": "resmlp", "init": "glorot"}})
+    assert any(e.startswith("model") and "init" in e for e in exc.value.errors), exc.value.errors
+    with pytest.raises(SpecError) as exc:
+        parse_spec({"name": "p", "dataset": {"builtin": "iris"}, "model": {"init": "lecun"}})
+    assert any(e.startswith("model.init") for e in exc.value.errors), exc.value.errors
