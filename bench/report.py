@@ -332,14 +332,16 @@ def sklearn_gap(r: dict[str, Any]) -> tuple[str, list[list[str]]]:
     text += table(["data set", "variant", "mean test score", "se", "median", "- scikit-learn (mean)", "se",
                    "- default (mean)", "se", "- default, held out", "se", "epochs (median)", "epochs / default"],
                   rows, digits=[0, 0, 4, 4, 4, 4, 4, 4, 4, 4, 4, 0, 2])
-    runs = sorted({(v["run"]["date"], v["run"]["commit"], name) for o in r["datasets"].values()
-                   for name, v in o["variants"].items() if v.get("run")})
-    if len({(d, c) for d, c, _ in runs}) > 1:  # variants re-run alone (--only): say when each was measured
-        by_run: dict[tuple[str, str], list[str]] = {}
-        for d, c, name in runs:
-            by_run.setdefault((d, c), []).append(name) if name not in by_run.get((d, c), []) else None
+    first: dict[str, str] = {}  # commit -> first date a variant was measured at it
+    names: dict[str, list[str]] = {}
+    for o in r["datasets"].values():
+        for name, v in o["variants"].items():
+            if run := v.get("run"):
+                first[run["commit"]] = min(first.get(run["commit"], run["date"]), run["date"])
+                names.setdefault(run["commit"], []).append(name) if name not in names.get(run["commit"], []) else None
+    if len(first) > 1:  # variants re-run alone (--only): say when each was measured
         text += "\nVariants measured in separate runs: " + "; ".join(
-            f"{', '.join(names)}: {d} at `{c}`" for (d, c), names in sorted(by_run.items())) + ".\n"
+            f"{', '.join(names[c])}: from {d} at `{c}`" for c, d in sorted(first.items(), key=lambda kv: kv[1])) + ".\n"
     return text, []
 
 
