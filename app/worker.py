@@ -250,7 +250,7 @@ class Worker:
             set_phase(self.engine, self.worker_id, job_id, "preparing")  # a kill from here on counts
             data = prepare_data(spec, resolve_upload=self._resolve_upload)
             set_phase(self.engine, self.worker_id, job_id, None)
-            study = open_study(spec, self.storage, study_name, worker_id=self._seed_identity(job_id))
+            study = open_study(spec, self.storage, study_name, worker_id=self._seed_identity(job_id), data=data)
             objective = Objective(
                 spec, data, device=self.settings.device, should_stop=lambda: self._should_stop(job_id),
                 worker_id=self.worker_id, artifacts_dir=self.settings.artifacts_dir,

@@ -63,7 +63,7 @@ def bare(spec_dict: dict[str, Any], storage: str | None) -> dict[str, Any]:
         data = prepare_data(spec)
         study = optuna.create_study(
             storage=storage if storage is None else storage.format(tmp=tmp), study_name=spec.name,
-            sampler=spec.sampler.build(spec.effective_search_space()), pruner=spec.pruner.build(spec.budget.max_epochs),
+            sampler=spec.sampler.build(spec.effective_search_space()), pruner=spec.pruner.build(),
             direction=spec.direction,
         )
         objective = Objective(spec, data, artifacts_dir=Path(tmp))

@@ -338,7 +338,9 @@ def sklearn_gap(r: dict[str, Any]) -> tuple[str, list[list[str]]]:
         for name, v in o["variants"].items():
             if run := v.get("run"):
                 first[run["commit"]] = min(first.get(run["commit"], run["date"]), run["date"])
-                names.setdefault(run["commit"], []).append(name) if name not in names.get(run["commit"], []) else None
+                listed = names.setdefault(run["commit"], [])
+                if name not in listed:
+                    listed.append(name)
     if len(first) > 1:  # variants re-run alone (--only): say when each was measured
         text += "\nVariants measured in separate runs: " + "; ".join(
             f"{', '.join(names[c])}: from {d} at `{c}`" for c, d in sorted(first.items(), key=lambda kv: kv[1])) + ".\n"

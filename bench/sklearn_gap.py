@@ -83,6 +83,10 @@ def main() -> None:
         last = json.loads((RESULTS / "sklearn_gap.json").read_text())
         if last["seeds"] != seeds or args.quick:
             p.error("--only needs a full last run on the same seeds")
+        missing = [f"{ds}/{v}" for ds in DATASETS for v in VARIANTS
+                   if v not in only and v not in last["datasets"].get(ds, {}).get("variants", {})]
+        if missing:
+            p.error(f"--only: the last run lacks {missing}; add them to --only")
         kept = {ds: o["variants"] for ds, o in last["datasets"].items()}
         for variants in kept.values():  # where each kept variant's figures come from
             for v in variants.values():

@@ -74,8 +74,11 @@ def init_weights(model: nn.Module, activation: str, init: str = "auto") -> None:
                 else activation
             slope = nn.LeakyReLU().negative_slope if activation == "leaky_relu" else 0.0  # the gain's slope
             nn.init.kaiming_normal_(m.weight, a=slope, nonlinearity=nonlin)
-        else:
-            gain = nn.init.calculate_gain(cast(Any, "relu" if activation in _RELU_FAMILY else activation))
+        else:  # Xavier with the activation's gain (the ReLU family: ReLU's; LeakyReLU with its slope)
+            if activation == "leaky_relu":
+                gain = nn.init.calculate_gain("leaky_relu", nn.LeakyReLU().negative_slope)
+            else:
+                gain = nn.init.calculate_gain(cast(Any, "relu" if activation in _RELU_FAMILY else activation))
             nn.init.xavier_uniform_(m.weight, gain=gain)
         if m.bias is not None:
             nn.init.zeros_(m.bias)

@@ -27,7 +27,7 @@ from tuner.errors import TrialConfigError
 from tuner.metrics import compute_metrics, confusion_matrix, json_safe
 from tuner.objective import Objective, resolve_device, train_on_fold
 from tuner.provenance import package_versions
-from tuner.spec import JobSpec, SpecError
+from tuner.spec import JobSpec, SpecError, default_min_resource
 from tuner.training import evaluate
 
 __all__ = [
@@ -43,6 +43,7 @@ __all__ = [
 ]
 
 _SPEC_ATTR = "spec"
+_FIRST_RUNG_ATTR = "pruner_first_rung"  # successive halving's default min_resource, fixed at creation
 # The sampler seed each open study was given (recorded on every trial it runs as system attr "sampler_seed").
 _SAMPLER_SEEDS: weakref.WeakKeyDictionary[optuna.Study, int] = weakref.WeakKeyDictionary()
 
@@ -70,6 +71,7 @@ def open_study(
     study_name: str | None = None,
     *,
     worker_id: str | None = None,
+    data: PreparedData | None = None,
 ) -> optuna.Study:
     """Create or load the study (``study_name`` defaults to ``spec.name``; ``storage=None`` is in memory).
 
@@ -77,15 +79,22 @@ def open_study(
     A seeded sampler gets :func:`sampler_seed` of the spec's seed, ``worker_id`` and the number of trials
     already in the study, so a resume or a second worker does not repeat the first proposals.
     Loading a study that was created from a different spec (budget aside) raises :class:`SpecError`.
+
+    Successive halving without a ``min_resource`` gets its first rung from the steps a trial reports
+    (:func:`pruner_steps`: ``data`` tells whether K folds can train in lockstep); the study that creates it
+    keeps it in user attr ``pruner_first_rung``, and every later open (a resume with another budget, a
+    second worker, a ``--jobs`` process) uses the kept one, so all trials of a study meet the same rungs.
+    A study created before this attribute existed keeps Optuna's ``"auto"``.
     """
     from tuner.storage import open_storage
 
     space = spec.effective_search_space()
+    first_rung = default_min_resource(pruner_steps(spec, data))
     study = optuna.create_study(
         storage=open_storage(storage),  # a SQLite URL gets WAL, synchronous=NORMAL and a busy timeout
         study_name=study_name or spec.name,
         sampler=spec.sampler.build(space),
-        pruner=spec.pruner.build(spec.budget.max_epochs),
+        pruner=spec.pruner.build(first_rung),
         direction=spec.direction,
         load_if_exists=True,
     )
@@ -93,12 +102,28 @@ def open_study(
         seed = sampler_seed(spec.sampler.seed, worker_id, len(study.get_trials(deepcopy=False)))
         study.sampler = spec.sampler.model_copy(update={"seed": seed}).build(space)
         _SAMPLER_SEEDS[study] = seed
-    stored = study.user_attrs.get(_SPEC_ATTR)
+    attrs = study.user_attrs
+    stored = attrs.get(_SPEC_ATTR)
     if stored is None:
+        study.set_user_attr(_FIRST_RUNG_ATTR, first_rung)
         study.set_user_attr(_SPEC_ATTR, spec.model_dump_json())
     elif _without_budget(JobSpec.model_validate_json(stored)) != _without_budget(spec):
         raise SpecError([f"name: study '{study.study_name}' already exists with a different spec"])
+    else:
+        kept = attrs.get(_FIRST_RUNG_ATTR, "auto")
+        if kept != first_rung:
+            study.pruner = spec.pruner.build(kept)
     return study
+
+
+def pruner_steps(spec: JobSpec, data: PreparedData | None = None) -> int:
+    """The most steps a trial reports to the pruner: its epoch budget, or K when K-fold trains the folds
+    one after another (a CNN, a plugin, the Wilcoxon pruner, folds of different widths: step = fold)."""
+    from tuner.batched import can_batch
+
+    if spec.split.validation.kind == "kfold" and not can_batch(spec, data=data):
+        return spec.split.validation.k
+    return spec.budget.max_epochs
 
 
 def _without_budget(spec: JobSpec) -> dict[str, Any]:
@@ -396,7 +421,8 @@ def run(
     try:
         data = prepare_data(spec)
         shared = shared_storage(storage, Path(tmp.name)) if tmp is not None else None
-        study = open_study(spec, shared.open() if shared is not None else open_storage(storage), study_name)
+        study = open_study(spec, shared.open() if shared is not None else open_storage(storage), study_name,
+                           data=data)
         objective = Objective(
             spec, data, device=device, worker_id=f"{socket.gethostname()}:{os.getpid()}",
             artifacts_dir=Path(artifacts_dir),

@@ -392,7 +392,7 @@ class PrunerSpec(_Args):
     @model_validator(mode="before")
     @classmethod
     def _known(cls, data: Any) -> Any:
-        return _known_args(data, _PRUNER_ARGS, "median", "pruner")
+        return _known_args(data, _PRUNER_ARGS, "successive_halving", "pruner")  # the default kind
 
     @model_validator(mode="after")
     def _check(self) -> PrunerSpec:
@@ -417,19 +417,20 @@ class PrunerSpec(_Args):
             raise ValueError(str(exc)) from None
         return self
 
-    def effective_params(self, max_epochs: int | None = None) -> dict[str, Any]:
-        """:attr:`params` plus the defaults tuner chooses itself: successive halving with no ``min_resource``
-        gets its first rung from the epoch budget (:func:`default_min_resource`)."""
+    def effective_params(self, first_rung: int | Literal["auto"] | None = None) -> dict[str, Any]:
+        """:attr:`params`, plus ``first_rung`` as successive halving's ``min_resource`` when the spec sets none
+        (``tuner.runner.open_study`` passes the study's :func:`default_min_resource`)."""
         params = dict(self.params)
-        if self.kind == "successive_halving" and self.min_resource is None and max_epochs is not None:
-            params["min_resource"] = default_min_resource(max_epochs)
+        if self.kind == "successive_halving" and self.min_resource is None and first_rung is not None:
+            params["min_resource"] = first_rung
         return params
 
-    def build(self, max_epochs: int | None = None) -> optuna.pruners.BasePruner:
-        """The Optuna pruner this spec names (``patient`` wraps a median pruner), for an epoch budget."""
+    def build(self, first_rung: int | Literal["auto"] | None = None) -> optuna.pruners.BasePruner:
+        """The Optuna pruner this spec names (``patient`` wraps a median pruner); ``first_rung``: see
+        :meth:`effective_params`."""
         cls = _PRUNERS[self.kind]
         assert cls is not None
-        params = self.effective_params(max_epochs)
+        params = self.effective_params(first_rung)
         with warnings.catch_warnings():  # Wilcoxon/Patient are "experimental" in Optuna; that is not news here
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             if self.kind == "patient":
@@ -437,16 +438,17 @@ class PrunerSpec(_Args):
             return cls(**params)
 
 
-def default_min_resource(max_epochs: int) -> int | Literal["auto"]:
-    """Successive halving's first rung when a spec sets none: 1/32 of the epoch budget from 64 epochs up.
+def default_min_resource(max_steps: int) -> int | Literal["auto"]:
+    """Successive halving's first rung when a spec sets none: 1/32 of the steps a trial can report (its
+    epoch budget; K for K-fold trained fold after fold), from 64 steps up; Optuna's ``"auto"`` below.
 
     Optuna's ``"auto"`` takes 1/100 of the first finished trial's length, which early stopping makes
     short: the first rung lands at epoch 1, where a slow learning rate looks worst and is cut. Below 64
-    epochs (every shipped example) 1/32 of the budget is epoch 1 anyway, and ``"auto"`` is kept as it was
-    measured (it also prunes nothing before the first trial finishes); a 200-epoch budget gets rungs at
-    6, 24 and 96 (bench part 11, docs/BENCHMARKS.md).
+    steps (every shipped example) 1/32 is epoch 1 anyway, and ``"auto"`` is kept as it was measured (it
+    also prunes nothing before the first trial finishes); a 200-epoch budget gets rungs at 6, 24 and 96
+    (bench part 11, docs/BENCHMARKS.md).
     """
-    return max_epochs // 32 if max_epochs >= 64 else "auto"
+    return max_steps // 32 if max_steps >= 64 else "auto"
 
 
 class SamplerSpec(_Args):

@@ -100,6 +100,7 @@ def test_momentum_with_sgd_and_distinct_choices_are_accepted(spec_dict) -> None:
     ({}, 64, 2),
     ({}, 200, 6),  # rungs at 6, 24, 96
     ({"kind": "successive_halving", "min_resource": 3}, 200, 3),  # the spec's own value wins
+    ({"min_resource": 3}, 200, 3),  # without "kind": the default kind's arguments are accepted
     # Optuna's rule on request (Optuna keeps None until the first trial finishes)
     ({"kind": "successive_halving", "min_resource": "auto"}, 200, None),
 ])
@@ -113,3 +114,45 @@ def test_successive_halving_first_rung_follows_the_epoch_budget(pruner, max_epoc
     assert study.pruner._min_resource == first_rung  # type: ignore[attr-defined]
     # the spec itself is unchanged: what the user wrote is what is stored and echoed
     assert spec.pruner.min_resource == pruner.get("min_resource")
+
+
+def test_pruner_block_without_kind_is_checked_against_the_default_kind() -> None:
+    with pytest.raises(SpecError) as exc:
+        parse_spec({"name": "p", "dataset": {"builtin": "iris"}, "pruner": {"n_warmup_steps": 3}})
+    assert exc.value.errors == [("pruner.n_warmup_steps: not a parameter of the successive_halving pruner (known: "
+                                "min_resource, reduction_factor, min_early_stopping_rate, bootstrap_count)")]
+
+
+@pytest.mark.parametrize(("model", "validation", "first_rung"), [
+    ({"kind": "mlp", "hidden": [8]}, {"kind": "kfold", "k": 5}, 6),  # lockstep: a step is an epoch
+    ({"kind": "cnn", "channels": [4], "hidden": [8]}, {"kind": "kfold", "k": 5}, None),  # step = fold: K < 64
+    ({"kind": "cnn", "channels": [4], "hidden": [8]}, {"kind": "holdout"}, 6),
+])
+def test_first_rung_counts_the_steps_a_trial_reports(model, validation, first_rung) -> None:
+    from tuner.runner import open_study, pruner_steps
+
+    spec = parse_spec({"name": "k", "dataset": {"builtin": "digits"}, "model": model,
+                       "split": {"validation": validation}, "budget": {"max_epochs": 200}})
+    assert pruner_steps(spec) == (5 if first_rung is None else 200)
+    assert open_study(spec, None).pruner._min_resource == first_rung  # type: ignore[attr-defined]
+
+
+def test_first_rung_is_fixed_when_the_study_is_created(tmp_path: Path) -> None:
+    """A resume with another budget, or a second worker, meets the rungs the first trials met; a study
+    created before the rung was recorded keeps Optuna's "auto"."""
+    import optuna
+
+    from tuner.runner import open_study
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    d = {"name": "r", "dataset": {"builtin": "iris"}, "budget": {"max_epochs": 200}}
+    first = open_study(parse_spec(d), url)
+    assert first.pruner._min_resource == 6  # type: ignore[attr-defined]
+    assert first.user_attrs["pruner_first_rung"] == 6
+    for epochs in (100, 50, 400):
+        again = open_study(parse_spec({**d, "budget": {"max_epochs": epochs}}), url)
+        assert again.pruner._min_resource == 6  # type: ignore[attr-defined]
+    # a study created by an older version: the spec is stored, the rung is not
+    spec = parse_spec({**d, "name": "old"})
+    optuna.create_study(storage=url, study_name="old").set_user_attr("spec", spec.model_dump_json())
+    assert open_study(spec, url).pruner._min_resource is None  # type: ignore[attr-defined]
