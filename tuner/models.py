@@ -7,7 +7,7 @@ Xavier (Glorot) suits the symmetric saturating tanh/sigmoid.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch import nn
@@ -65,21 +65,16 @@ def init_weights(model: nn.Module, activation: str, init: str = "auto") -> None:
         return
     layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
     head = next((m for m in reversed(layers) if isinstance(m, nn.Linear)), None)
+    # the activation's gain: ReLU's for relu/elu/gelu, LeakyReLU's with its slope, tanh's or sigmoid's
+    nonlin: Any = "relu" if activation in ("relu", "elu", "gelu") else activation
+    slope = nn.LeakyReLU().negative_slope if activation == "leaky_relu" else 0.0
     for m in layers:
         if m is head or scheme == "glorot":
             nn.init.xavier_uniform_(m.weight, gain=1.0)
         elif scheme == "he":
-            # the activation's own gain: ReLU's (LeakyReLU with its slope) for the ReLU family, else tanh/sigmoid's
-            nonlin: Any = ("leaky_relu" if activation == "leaky_relu" else "relu") if activation in _RELU_FAMILY \
-                else activation
-            slope = nn.LeakyReLU().negative_slope if activation == "leaky_relu" else 0.0  # the gain's slope
             nn.init.kaiming_normal_(m.weight, a=slope, nonlinearity=nonlin)
-        else:  # Xavier with the activation's gain (the ReLU family: ReLU's; LeakyReLU with its slope)
-            if activation == "leaky_relu":
-                gain = nn.init.calculate_gain("leaky_relu", nn.LeakyReLU().negative_slope)
-            else:
-                gain = nn.init.calculate_gain(cast(Any, "relu" if activation in _RELU_FAMILY else activation))
-            nn.init.xavier_uniform_(m.weight, gain=gain)
+        else:
+            nn.init.xavier_uniform_(m.weight, gain=nn.init.calculate_gain(nonlin, slope))
         if m.bias is not None:
             nn.init.zeros_(m.bias)
 

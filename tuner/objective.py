@@ -334,9 +334,10 @@ class Reporter:
     * no pruner: nothing is asked during the trial;
     * percentile and median pruners read only *completed* trials (which never change) and this trial's
       own values: they are asked here, in process, against the completed trials read once at the start;
-    * successive halving reads other trials only at its rung promotion steps (epochs r, 4r, 16r, ...;
-      r is 1 for budgets under 64 epochs, see ``tuner.spec.default_min_resource``) and writes this trial's rung values there: asked here, in process (:class:`_RungView`),
-      it touches storage at those steps only, instead of a report and a prune check every epoch;
+    * successive halving reads other trials only at its rung promotion steps (epochs r, 4r, 16r, ...; r
+      is 1 under 64 epochs, see ``tuner.spec.default_min_resource``) and writes this trial's rung values
+      there: asked here, in process (:class:`_RungView`), it touches storage at those steps only, instead
+      of a report and a prune check every epoch;
     * any other pruner (hyperband, Wilcoxon, ...): ``trial.report`` and ``trial.should_prune`` every step,
       as Optuna documents.
 

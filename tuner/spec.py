@@ -417,20 +417,15 @@ class PrunerSpec(_Args):
             raise ValueError(str(exc)) from None
         return self
 
-    def effective_params(self, first_rung: int | Literal["auto"] | None = None) -> dict[str, Any]:
-        """:attr:`params`, plus ``first_rung`` as successive halving's ``min_resource`` when the spec sets none
-        (``tuner.runner.open_study`` passes the study's :func:`default_min_resource`)."""
+    def build(self, first_rung: int | Literal["auto"] | None = None) -> optuna.pruners.BasePruner:
+        """The Optuna pruner this spec names (``patient`` wraps a median pruner). ``first_rung`` is successive
+        halving's ``min_resource`` when the spec sets none (``tuner.runner.open_study`` passes the study's
+        :func:`default_min_resource`)."""
+        cls = _PRUNERS[self.kind]
+        assert cls is not None
         params = dict(self.params)
         if self.kind == "successive_halving" and self.min_resource is None and first_rung is not None:
             params["min_resource"] = first_rung
-        return params
-
-    def build(self, first_rung: int | Literal["auto"] | None = None) -> optuna.pruners.BasePruner:
-        """The Optuna pruner this spec names (``patient`` wraps a median pruner); ``first_rung``: see
-        :meth:`effective_params`."""
-        cls = _PRUNERS[self.kind]
-        assert cls is not None
-        params = self.effective_params(first_rung)
         with warnings.catch_warnings():  # Wilcoxon/Patient are "experimental" in Optuna; that is not news here
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             if self.kind == "patient":

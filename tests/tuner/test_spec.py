@@ -156,3 +156,35 @@ def test_first_rung_is_fixed_when_the_study_is_created(tmp_path: Path) -> None:
     spec = parse_spec({**d, "name": "old"})
     optuna.create_study(storage=url, study_name="old").set_user_attr("spec", spec.model_dump_json())
     assert open_study(spec, url).pruner._min_resource is None  # type: ignore[attr-defined]
+
+
+def test_first_rung_with_two_workers_opening_a_new_study_at_once(tmp_path: Path) -> None:
+    """Two workers create the same study concurrently (SQLite file, threads released together): both
+    judge trials at the rung the study records."""
+    import threading
+
+    from tuner.runner import open_study
+    from tuner.storage import open_storage
+
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    open_storage(url)  # Optuna's tables exist before the workers start (as after `tuner migrate`)
+    spec = parse_spec({"name": "c", "dataset": {"builtin": "iris"}, "budget": {"max_epochs": 200}})
+    barrier = threading.Barrier(4)
+    rungs: list[object] = []
+    errors: list[BaseException] = []
+
+    def worker(i: int) -> None:
+        try:
+            barrier.wait()
+            study = open_study(spec, url, worker_id=f"w{i}")
+            rungs.append((study.pruner._min_resource, study.user_attrs["pruner_first_rung"]))  # type: ignore[attr-defined]
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert rungs == [(6, 6)] * 4
