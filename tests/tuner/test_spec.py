@@ -188,3 +188,18 @@ def test_first_rung_with_two_workers_opening_a_new_study_at_once(tmp_path: Path)
         t.join()
     assert not errors, errors
     assert rungs == [(6, 6)] * 4
+
+
+@pytest.mark.parametrize(("block", "value", "error"), [
+    ("model", {"init": None}, "model.init: Input should be 'auto', 'he', 'xavier', 'glorot' or 'torch'"),
+    ("model", {"init": ""}, "model.init: Input should be 'auto', 'he', 'xavier', 'glorot' or 'torch'"),
+    ("model", {"init": "TORCH"}, "model.init: Input should be 'auto', 'he', 'xavier', 'glorot' or 'torch'"),
+    ("pruner", {"min_resource": 10**12}, "pruner.min_resource: must be at most 10000"),
+    ("pruner", {"min_resource": 0}, "pruner.min_resource: must be at least 1"),
+    ("pruner", {"min_resource": "Infinity"},
+     "pruner.min_resource.int: Input should be a valid integer, unable to parse string as an integer"),
+])
+def test_careless_init_and_first_rung_values_are_refused_by_field(block, value, error) -> None:
+    with pytest.raises(SpecError) as exc:
+        parse_spec({"name": "p", "dataset": {"builtin": "iris"}, block: value})
+    assert exc.value.errors[0] == error
