@@ -25,7 +25,7 @@ from app.services import keys
 from app.services.tenancy import ANONYMOUS, Principal
 
 __all__ = ["ADMIN_PREFIXES", "AUTHENTICATED", "PUBLIC_PATHS", "AuthMiddleware", "KeyCache", "PrincipalDep",
-           "get_principal"]
+           "get_principal", "still_authorised"]
 
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/"})  # "/": the web page's shell, which holds no data
 PUBLIC_PREFIXES = ("/web/",)  # the page's static scripts and styles (every datum comes from the API, with a key)
@@ -74,9 +74,15 @@ class KeyCache:
 
 
 def bearer_token(headers: dict[bytes, bytes] | list[tuple[bytes, bytes]]) -> str | None:
-    raw = dict(headers).get(b"authorization")
-    if raw is None:
+    """The bearer token; None without an ``Authorization`` header; "" when malformed or sent twice (two
+    headers could be read differently by a proxy and by this service, so neither is believed)."""
+    items = list(headers.items()) if isinstance(headers, dict) else list(headers)
+    values = [v for k, v in items if k.lower() == b"authorization"]
+    if not values:
         return None
+    if len(values) > 1:
+        return ""
+    raw = values[0]
     scheme, _, token = raw.decode("latin-1").strip().partition(" ")
     return token.strip() if scheme.lower() == "bearer" and token.strip() else ""
 
@@ -104,7 +110,9 @@ class AuthMiddleware:
         if principal.key_id is not None and not principal.admin and scope["path"].startswith(ADMIN_PREFIXES):
             await _deny(scope, receive, send, 403, "an admin key is required", {})
             return
-        scope.setdefault("state", {})["principal"] = principal
+        state = scope.setdefault("state", {})
+        state["principal"] = principal
+        state["auth"] = (self, token)  # for long-lived answers that re-check the caller (still_authorised)
         await self.app(scope, receive, send)
 
     def _cached(self, token: str | None) -> tuple[Principal | None, str]:
@@ -114,13 +122,15 @@ class AuthMiddleware:
                 return principal, "" if principal else "invalid or revoked API key"
             return None, "miss"
         if token == "":
-            return None, "malformed Authorization header; send 'Authorization: Bearer <key>'"
+            return None, "malformed Authorization header; send exactly one 'Authorization: Bearer <key>'"
         any_key = self.cache.get_any()
         if any_key is None:
             return None, "miss"
         return self._anonymous(any_key)
 
     def _anonymous(self, any_key: bool) -> tuple[Principal | None, str]:
+        """``any_key``: a key exists, or existed and every one was revoked (closed unless the operator
+        set ``open_when_all_keys_revoked``)."""
         if any_key or self.settings.require_keys:
             return None, "an API key is required: send 'Authorization: Bearer <key>'"
         return ANONYMOUS, ""
@@ -131,7 +141,8 @@ class AuthMiddleware:
                 principal = keys.lookup(session, token)
                 self.cache.put_key(keys.hash_key(token), principal)
                 return principal, "" if principal else "invalid or revoked API key"
-            any_key = keys.any_active_key(session)
+            any_key = (keys.any_active_key(session) if self.settings.open_when_all_keys_revoked
+                       else keys.any_key_ever(session))
         self.cache.put_any(any_key)
         return self._anonymous(any_key)
 
@@ -142,6 +153,20 @@ async def _deny(scope: Scope, receive: Receive, send: Send, status: int, detail:
         await send({"type": "websocket.close", "code": 1008})
         return
     await JSONResponse({"detail": detail}, status_code=status, headers=headers)(scope, receive, send)
+
+
+async def still_authorised(request: Request) -> bool:
+    """Whether the caller of a long-lived answer (an event stream) may still read: its key not revoked
+    since the request began (or, anonymous, no key created since). Answers from the key cache, so many
+    streams of one key cost one look-up per ``auth_cache_s``."""
+    found = request.scope.get("state", {}).get("auth")
+    if found is None:
+        return True
+    middleware, token = found
+    principal, reason = middleware._cached(token)
+    if reason == "miss":
+        principal, reason = await run_in_threadpool(middleware._resolve, request.app.state.engine, token)
+    return principal is not None
 
 
 def get_principal(request: Request) -> Principal:

@@ -90,6 +90,8 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default=[], description="origins allowed by CORS (comma-separated); none: no CORS headers at all")
     require_keys: bool = Field(default=False, description="refuse every request (401) while no API key exists")
+    open_when_all_keys_revoked: bool = Field(
+        default=False, description="serve anonymous callers again once every key is revoked (default: stay closed)")
     admin_key: str | None = Field(default=None, description="`tuner keys bootstrap` stores this admin key")
     auth_cache_s: float = Field(default=3.0, ge=0, description="how long key look-ups are cached, seconds")
     quota_active_jobs: int = Field(default=100, ge=1, description="queued+running jobs per tenant")

@@ -17,7 +17,7 @@ from app.errors import NotFound
 from app.models import DEFAULT_TENANT, ApiKey, utcnow
 from app.services.tenancy import Principal
 
-__all__ = ["PREFIX", "any_active_key", "create_key", "ensure_key", "hash_key", "list_keys", "lookup", "revoke_key"]
+__all__ = ["PREFIX", "any_active_key", "any_key_ever", "create_key", "ensure_key", "hash_key", "list_keys", "lookup", "revoke_key"]
 
 PREFIX = "tsk_"
 
@@ -61,6 +61,12 @@ def revoke_key(session: Session, key_id: str) -> ApiKey:
 
 def any_active_key(session: Session) -> bool:
     return session.scalar(sa.select(ApiKey.id).where(ApiKey.revoked_at.is_(None)).limit(1)) is not None
+
+
+def any_key_ever(session: Session) -> bool:
+    """Whether a key was ever created (revoked or not): once one has, revoking them all keeps the service
+    closed instead of opening it to anonymous callers."""
+    return session.scalar(sa.select(ApiKey.id).limit(1)) is not None
 
 
 def lookup(session: Session, token: str) -> Principal | None:

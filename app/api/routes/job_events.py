@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from sqlalchemy.engine import Engine
 
-from app.api.auth import PrincipalDep
+from app.api.auth import PrincipalDep, still_authorised
 from app.api.deps import EngineDep, WatcherDep
 from app.api.errors import json_responses
 from app.db import session_scope
@@ -39,13 +39,15 @@ def _brief(detail: dict[str, Any]) -> dict[str, Any]:
 
 @router.get("/{job_id}/events", response_class=EventSourceResponse)
 async def job_events(
-    job_id: str, engine: EngineDep, watcher: WatcherDep, principal: PrincipalDep,
+    job_id: str, request: Request, engine: EngineDep, watcher: WatcherDep, principal: PrincipalDep,
     first: Annotated[service.JobRead, Depends(_first_read)],
 ) -> AsyncIterator[ServerSentEvent]:
     """A ``progress`` event at once and after every change (status, counts, best trial: the job without its
     spec), ``best`` when the best trial changes, then ``finished`` (the final job) and the stream ends.
-    Between changes the connection holds no database connection and no thread."""
+    Between changes the connection holds no database connection and no thread. The stream ends within
+    the key cache's time (``TUNER_AUTH_CACHE_S``, at least 0.5 s) once the caller's key is revoked."""
     got, best = first, None
+    recheck_s = min(WAIT_S, max(0.5, request.app.state.settings.auth_cache_s))
     while True:
         detail = got.detail
         assert detail is not None
@@ -56,8 +58,12 @@ async def job_events(
         if got.finished:
             yield ServerSentEvent(event="finished", id=got.etag, data=_brief(detail))
             return
-        while not await watcher.wait_changed(job_id, got.etag, WAIT_S):
-            pass
+        while True:
+            changed = await watcher.wait_changed(job_id, got.etag, recheck_s)
+            if not await still_authorised(request):
+                return  # the key was revoked while the stream was open
+            if changed:
+                break
         try:
             got = await run_in_threadpool(_read, engine, job_id, principal)
         except NotFound:

@@ -124,9 +124,59 @@ def test_key_is_stored_hashed_and_revoked_key_is_refused(api, make_key, settings
         key_service.revoke_key(s, key.id)
     r = api.get("/jobs", headers=bearer(token))
     assert r.status_code == 401 and r.json()["detail"] == "invalid or revoked API key"
-    # the only key is revoked: open again on loopback (require_keys closes it on other hosts)
-    assert api.get("/jobs").status_code == 200
+    # the only key is revoked: the service stays closed (it does not fall back to "no keys, open")
+    r = api.get("/jobs")
+    assert r.status_code == 401 and r.json()["detail"].startswith("an API key is required")
+    assert api.get("/dashboard/api/studies").status_code == 401
     assert token not in caplog.text and token[4:] not in caplog.text  # never logged
+
+
+def test_all_keys_revoked_opens_only_when_the_operator_says_so(make_app, make_key, settings):
+    token = make_key("a")
+    with session_scope(get_engine(settings.database_url), write=True) as s:
+        key_service.revoke_key(s, s.scalar(sa.select(ApiKey.id)))
+    with TestClient(make_app()) as c:
+        assert c.get("/jobs").status_code == 401
+        assert c.get("/jobs", headers=bearer(token)).status_code == 401
+    with TestClient(make_app(open_when_all_keys_revoked=True)) as c:
+        assert c.get("/jobs").status_code == 200  # explicit setting: anonymous again
+        assert c.get("/jobs", headers=bearer(token)).status_code == 401  # the revoked key itself never
+
+
+def test_exactly_one_authorization_header(api, make_key):
+    token, other = make_key("a"), make_key("b")
+    assert api.get("/jobs", headers=bearer(token)).status_code == 200
+    for pair in ((token, other), (other, token), (token, token), ("tsk_wrong", token)):
+        headers = [("Authorization", f"Bearer {pair[0]}"), ("Authorization", f"Bearer {pair[1]}")]
+        r = api.get("/jobs", headers=headers)
+        assert r.status_code == 401, pair
+        assert "exactly one 'Authorization: Bearer <key>'" in r.json()["detail"]
+
+
+def test_open_event_stream_ends_when_its_key_is_revoked(make_app, make_key, settings, spec_dict):
+    token = make_key("a")
+    with TestClient(make_app(auth_cache_s=0.5)) as c:
+        job_id = c.post("/jobs", json=spec_dict(), headers=bearer(token)).json()["id"]
+        revoked_at: list[float] = []
+
+        def revoke() -> None:
+            time.sleep(0.3)
+            with session_scope(get_engine(settings.database_url), write=True) as s:
+                key_service.revoke_key(s, s.scalar(sa.select(ApiKey.id)))
+            revoked_at.append(time.monotonic())
+
+        import threading
+
+        t = threading.Thread(target=revoke)
+        with c.stream("GET", f"/jobs/{job_id}/events", headers=bearer(token)) as r:
+            assert r.status_code == 200
+            t.start()
+            lines = list(r.iter_lines())  # the job never changes: only a revocation can end the stream
+        ended = time.monotonic()
+        t.join()
+        assert any(line.startswith("event: progress") for line in lines)
+        assert not any(line.startswith("event: finished") for line in lines)
+        assert ended - revoked_at[0] < 0.5 + 0.5 + 0.5  # cache time + one re-check interval + slack
 
 
 def test_routes_fail_closed_without_the_middleware():
