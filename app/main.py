@@ -74,6 +74,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description="Hyperparameter tuning for PyTorch models: submit a job spec, poll its trials and results.",
         responses=responses(400, 401, 403, 500, 503),
+        docs_url=None,  # served from the installed Swagger UI package by app.api.routes.web (no CDN)
+        redoc_url=None,
         dependencies=[AUTHENTICATED],  # every route needs a principal (but /healthz, /readyz): see app/api/auth.py
     )
     limits.configure(settings.limits())

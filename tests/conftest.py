@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -9,6 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+# Starlette's TestClient sends "Host: testserver", which the production defaults refuse (TUNER_ALLOWED_HOSTS).
+os.environ.setdefault("TUNER_ALLOWED_HOSTS", "localhost,127.0.0.1,::1,[::1],testserver")
 
 EXAMPLE_PLUGIN = Path(__file__).resolve().parents[1] / "examples" / "plugin-resmlp"
 

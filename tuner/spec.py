@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -574,6 +575,13 @@ class JobSpec(_Model):
 
     def effective_search_space(self) -> dict[str, ParamSpec]:
         """The core four (defaults unless overridden) plus any optional dimensions the job added."""
+    @model_validator(mode="before")
+    @classmethod
+    def _no_control_characters(cls, data: Any) -> Any:
+        if errors := control_character_errors(data):
+            raise ValueError("\n".join(errors))
+        return data
+
         return {**CORE_HYPERPARAMETERS, **self.search_space}
 
     @property
@@ -583,6 +591,30 @@ class JobSpec(_Model):
 
 def _upper(p: ParamSpec | None) -> float | None:
     """The largest value a numeric search dimension can take (None when absent or not numeric)."""
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def control_character_errors(data: Any, where: str = "") -> list[str]:
+    """``field: reason`` lines for every string (value or key) holding NUL or another control character:
+    PostgreSQL cannot store NUL in text, and control characters in names end up in logs and terminals."""
+    if isinstance(data, str):
+        if _CONTROL.search(data):
+            return [f"{where or '(spec)'}: must not contain NUL or other control characters"]
+        return []
+    errors: list[str] = []
+    if isinstance(data, dict):
+        for key, value in data.items():
+            name = f"{where}.{key}" if where else str(key)
+            if isinstance(key, str) and _CONTROL.search(key):
+                errors.append(f"{where or '(spec)'}: a key must not contain NUL or other control characters")
+                continue
+            errors.extend(control_character_errors(value, name))
+    elif isinstance(data, (list, tuple)):
+        for i, value in enumerate(data):
+            errors.extend(control_character_errors(value, f"{where}[{i}]"))
+    return errors[:20]
+
+
     if p is None:
         return None
     values = p.choices if p.kind == "choices" else [p.value] if p.kind == "fixed" else [p.high]

@@ -1,7 +1,8 @@
 """What protects the API from the browser next door: Host check, CORS (off by default), a cross-site POST
 guard, and the authentication middleware; :func:`install_security` registers them on the app.
 
-Middleware order (outermost first): TrustedHost (DNS rebinding) -> CORS -> Auth -> POST guard -> routes.
+Middleware order (outermost first): security headers -> TrustedHost (DNS rebinding) -> control characters
+in the path -> CORS -> Auth -> POST guard -> routes.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.api.auth import AuthMiddleware
 from app.core.config import Settings
 
-__all__ = ["CSRF_HEADER", "CrossSitePostGuard", "bind_refusal", "install_security", "is_loopback", "serve_settings"]
+__all__ = ["CSRF_HEADER", "PAGE_CSP", "ControlCharacterGuard", "CrossSitePostGuard", "SecurityHeaders", "bind_refusal", "install_security", "is_loopback", "serve_settings"]
 
 CSRF_HEADER = "X-Requested-With"
 POST_REFUSED = (
@@ -46,6 +47,70 @@ class CrossSitePostGuard:
                   or bool(headers.get(CSRF_HEADER.lower().encode(), b"").strip()))
             if not ok:
                 await JSONResponse({"detail": POST_REFUSED}, status_code=403)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+# The web page and the API docs load only this origin's own files (Plotly and Swagger UI come from installed
+# packages); Plotly sets inline styles. No page of this service may be framed by another site.
+PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
+            "font-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+            "frame-ancestors 'none'")
+API_CSP = "frame-ancestors 'none'"
+PAGE_PATHS = frozenset({"/", "/docs"})
+
+
+class SecurityHeaders:
+    """On every answer: ``X-Content-Type-Options: nosniff``, ``X-Frame-Options: DENY``, no referrer, and a
+    Content-Security-Policy (:data:`PAGE_CSP` for the page and the API docs, ``frame-ancestors 'none'``
+    elsewhere). Headers a route set itself are kept."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        csp = (PAGE_CSP if scope["path"] in PAGE_PATHS else API_CSP).encode()
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                present = {k.lower() for k, _ in headers}
+                for key, value in ((b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
+                                   (b"referrer-policy", b"no-referrer"), (b"content-security-policy", csp)):
+                    if key not in present:
+                        headers.append((key, value))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
+def has_control_characters(text: str) -> bool:
+    return any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in text)
+
+
+class ControlCharacterGuard:
+    """A path holding NUL or another control character names nothing: ``404`` before any route or database
+    (PostgreSQL cannot even compare such a string); such a query string is a ``422``."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            if has_control_characters(scope["path"]):
+                await JSONResponse({"detail": "not found"}, status_code=404)(scope, receive, send)
+                return
+            from urllib.parse import unquote_to_bytes
+
+            query = unquote_to_bytes(scope.get("query_string", b"").replace(b"+", b" "))
+            if any(b < 0x20 or b == 0x7F for b in query):
+                await JSONResponse({"detail": [{"loc": ["query"], "type": "value_error",
+                                                "msg": "must not contain NUL or other control characters"}]},
+                                   status_code=422)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
@@ -87,7 +152,9 @@ def install_security(app: FastAPI, settings: Settings) -> None:
             CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
             allow_headers=["Authorization", "Content-Type", CSRF_HEADER],
         )
+    app.add_middleware(ControlCharacterGuard)
     app.add_middleware(JSONTrustedHostMiddleware, allowed_hosts=settings.allowed_hosts)
+    app.add_middleware(SecurityHeaders)  # outermost: every answer, refusals included
 
 
 def is_loopback(host: str) -> bool:

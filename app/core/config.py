@@ -85,7 +85,7 @@ class Settings(BaseSettings):
 
     # --- security (issue 13): API keys, tenants, quotas, hosts; see README "Security" ---------------------
     allowed_hosts: Annotated[list[str], NoDecode] = Field(
-        default=["localhost", "127.0.0.1", "::1", "[::1]", "testserver"],
+        default=["localhost", "127.0.0.1", "::1", "[::1]"],
         description="Host header values accepted (TrustedHostMiddleware); comma-separated; '*' = any")
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default=[], description="origins allowed by CORS (comma-separated); none: no CORS headers at all")

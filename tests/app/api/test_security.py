@@ -440,3 +440,58 @@ def test_concurrent_uploads_never_exceed_the_upload_quota(make_app, make_key, ir
             codes = sorted(pool.map(upload, range(4)))
         assert codes == [201, 413, 413, 413], codes
         assert len(c.get("/datasets", headers=bearer(a)).json()["items"]) == 1
+
+
+# ------------------------------------------------------------------- headers, control characters, hosts
+def test_security_headers_on_every_answer(api, make_key):
+    page = api.get("/")
+    assert page.status_code == 200
+    csp = page.headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in csp and "script-src 'self'" in csp and "default-src 'self'" in csp
+    answers = [page, api.get("/jobs"), api.get("/healthz"), api.get("/jobs/nope"), api.get("/docs"),
+               api.get("/web/app.js"), api.post("/jobs", content=b"x", headers={"Content-Type": "text/plain"})]
+    make_key("a")
+    answers.append(api.get("/jobs"))  # a 401 too
+    for r in answers:
+        assert r.headers["x-content-type-options"] == "nosniff", r.url
+        assert r.headers["x-frame-options"] == "DENY", r.url
+        assert "frame-ancestors 'none'" in r.headers["content-security-policy"], r.url
+    assert {r.status_code for r in answers} >= {200, 401, 403, 404}
+
+
+def test_api_docs_are_served_from_the_installed_package(api):
+    html = api.get("/docs").text
+    assert "cdn" not in html.lower() and "http" not in html.replace("http-equiv", "")
+    for src in ("/web/swagger/swagger-ui.css", "/web/swagger/swagger-ui-bundle.js", "/web/swagger-init.js"):
+        assert src in html
+        r = api.get(src)
+        assert r.status_code == 200 and len(r.content) > 100, src
+    assert "<script>" not in html  # no inline script: the page's CSP allows none
+    assert api.get("/openapi.json").json()["openapi"].startswith("3.1")
+
+
+@pytest.mark.parametrize("path", ["/jobs/a%00b", "/datasets/%00", "/jobs/x%01y/result", "/jobs/%7f/trials"])
+def test_control_characters_in_a_path_are_a_plain_404(api, path):
+    r = api.get(path)
+    assert r.status_code == 404 and r.json() == {"detail": "not found"}
+    assert api.delete(path).status_code == 404
+
+
+def test_control_characters_in_a_spec_or_query_are_422_naming_the_field(api, spec_dict):
+    for over, field in ((dict(name="a\u0000b"), "name"),
+                        (dict(search_space={"batch_size": {"choices": [16, 32]}, "x\u0007": {"value": 1}}),
+                         "search_space"),
+                        (dict(model={"hidden": [8], "activation": "relu\u0000"}), "model.activation")):
+        r = api.post("/jobs", json=spec_dict(**over))
+        assert r.status_code == 422, r.text
+        msgs = [e["msg"] for e in r.json()["detail"]]
+        assert any(m.startswith(f"{field}") and "control characters" in m for m in msgs), msgs
+    r = api.get("/jobs?status=queued%00")
+    assert r.status_code == 422
+    assert api.get("/jobs").json()["total"] == 0  # nothing half-written
+
+
+def test_testserver_is_not_a_production_default():
+    from app.core.config import Settings
+
+    assert "testserver" not in Settings.model_fields["allowed_hosts"].default
