@@ -14,7 +14,7 @@ from app.core.config import Settings
 from app.db import session_scope
 from app.services.watch import JobWatcher, watcher_for
 
-__all__ = ["EngineDep", "SessionDep", "SettingsDep", "StorageDep", "WatcherDep", "WriteSessionDep"]
+__all__ = ["DATASET_EXISTS", "JOB_EXISTS", "EngineDep", "SessionDep", "SettingsDep", "StorageDep", "WatcherDep", "WriteSessionDep"]
 
 
 def get_settings(request: Request) -> Settings:
@@ -51,3 +51,26 @@ async def get_watcher(request: Request) -> JobWatcher:
 
 
 WatcherDep = Annotated[JobWatcher, Depends(get_watcher)]  # long-poll and SSE wait here, not on the database
+
+
+def _job_exists(job_id: str, engine: EngineDep, request: Request) -> None:
+    """404 for an unknown (or another tenant's) job from a read, before a write session takes the lock."""
+    from app.api.auth import get_principal
+    from app.services.jobs import get_job
+
+    with session_scope(engine) as session:
+        get_job(session, job_id, principal=get_principal(request))
+
+
+def _dataset_exists(dataset_id: str, engine: EngineDep, request: Request) -> None:
+    from app.api.auth import get_principal
+    from app.services.datasets import get_dataset
+
+    with session_scope(engine) as session:
+        get_dataset(session, dataset_id, principal=get_principal(request))
+
+
+# Route-level dependencies run before the parameters' (so before WriteSessionDep's write lock): a request for
+# an id that does not exist never waits for, nor holds, the database's write lock.
+JOB_EXISTS = Depends(_job_exists)
+DATASET_EXISTS = Depends(_dataset_exists)

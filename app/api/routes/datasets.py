@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile, status
 
 from app.api.auth import PrincipalDep
-from app.api.deps import EngineDep, SessionDep, SettingsDep, WriteSessionDep
+from app.api.deps import DATASET_EXISTS, EngineDep, SessionDep, SettingsDep, WriteSessionDep
 from app.api.errors import responses
 from app.db import session_scope
 from app.errors import PayloadTooLarge
@@ -71,7 +71,7 @@ def read_dataset(session: SessionDep, dataset_id: str, principal: PrincipalDep) 
     return service.get_dataset(session, dataset_id, principal=principal)
 
 
-@router.delete("/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT, dependencies=[DATASET_EXISTS])
 def delete_dataset(session: WriteSessionDep, dataset_id: str, principal: PrincipalDep) -> None:
     """Delete a data set and its file; refused (409) while a queued or running job uses it."""
     service.delete_dataset(session, dataset_id, principal=principal)

@@ -9,7 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.engine import Engine
 
 from app.api.auth import PrincipalDep
-from app.api.deps import EngineDep, SessionDep, SettingsDep, StorageDep, WatcherDep, WriteSessionDep
+from app.api.deps import JOB_EXISTS, EngineDep, SessionDep, SettingsDep, StorageDep, WatcherDep, WriteSessionDep
 from app.api.errors import responses
 from app.db import session_scope
 from app.models import JobStatus
@@ -93,7 +93,7 @@ def read_trials(
 ForceQ = Annotated[bool, Query(description="act at once, even while a live worker runs the job (admin keys only)")]
 
 
-@router.post("/{job_id}/cancel", response_model=JobPublic)
+@router.post("/{job_id}/cancel", response_model=JobPublic, dependencies=[JOB_EXISTS])
 def cancel_job(
     job_id: str, session: WriteSessionDep, storage: StorageDep, settings: SettingsDep, principal: PrincipalDep,
     force: ForceQ = False,
@@ -105,7 +105,7 @@ def cancel_job(
     return service.job_detail(job)
 
 
-@router.delete("/{job_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/{job_id}", status_code=status.HTTP_204_NO_CONTENT, dependencies=[JOB_EXISTS])
 def delete_job(
     job_id: str, session: WriteSessionDep, storage: StorageDep, settings: SettingsDep, principal: PrincipalDep,
     force: ForceQ = False,

@@ -495,3 +495,36 @@ def test_testserver_is_not_a_production_default():
     from app.core.config import Settings
 
     assert "testserver" not in Settings.model_fields["allowed_hosts"].default
+
+
+def test_unknown_ids_are_404_without_waiting_for_the_write_lock(api, settings):
+    """DELETE/cancel of an id that does not exist answers from a read: it neither waits for nor holds the
+    write lock (SQLite: another connection holds it; Postgres has no such lock, the answers are the same)."""
+    import sqlite3
+    import threading
+
+    held = threading.Event()
+    release = threading.Event()
+
+    def hold_lock() -> None:
+        conn = sqlite3.connect(settings.database_url.removeprefix("sqlite:///"), timeout=30)
+        conn.execute("BEGIN IMMEDIATE")
+        held.set()
+        release.wait(30)
+        conn.rollback()
+        conn.close()
+
+    holder = threading.Thread(target=hold_lock) if settings.is_sqlite else None
+    if holder is not None:
+        holder.start()
+        assert held.wait(10)
+    try:
+        for method, path in (("DELETE", "/datasets/nope"), ("DELETE", "/jobs/nope"), ("POST", "/jobs/nope/cancel")):
+            t0 = time.monotonic()
+            r = api.request(method, path, headers=XRW)
+            assert r.status_code == 404, (path, r.text)
+            assert time.monotonic() - t0 < 2.0, path  # the busy timeout is far longer
+    finally:
+        release.set()
+        if holder is not None:
+            holder.join()
