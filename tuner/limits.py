@@ -44,6 +44,9 @@ class Limits:
     max_features: int = 10_000  # input width after one-hot encoding
     max_decompressed_bytes: int = 2 * 2**30  # NPZ arrays / Parquet data as loaded in memory
     max_cells: int = 100_000_000  # rows x columns of a CSV, Parquet or NPZ file
+    # search space
+    max_dimensions: int = 64  # search dimensions of one job (core, optional and a plugin's own)
+    max_grid_points: int = 1_000_000  # the grid sampler's points; also a stepped range's values
 
     def replace(self, **changes: object) -> Limits:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

@@ -203,7 +203,7 @@ class ModelSpec(_Model):
 # ----------------------------------------------------------------------------------------------- split
 class HoldoutSpec(_Model):
     kind: Literal["holdout"] = "holdout"
-    fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+    fraction: float = Field(default=0.2, ge=0.01, le=0.9)
 
 
 class KFoldSpec(_Model):
@@ -212,12 +212,44 @@ class KFoldSpec(_Model):
 
 
 class SplitSpec(_Model):
-    test_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+    test_fraction: float = Field(default=0.2, ge=0.01, le=0.9)
     validation: Annotated[HoldoutSpec | KFoldSpec, Field(discriminator="kind")] = Field(
         default_factory=HoldoutSpec
     )
     stratify: bool | None = Field(default=None, description="Defaults to true for classification.")
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=2**32 - 1, description="numpy's seed range")
+
+
+# Rows and class counts of the builtin data sets (scikit-learn's loaders), for split checks at submit.
+BUILTIN_ROWS: dict[str, int] = {"digits": 1797, "iris": 150, "wine": 178, "breast_cancer": 569, "diabetes": 442}
+BUILTIN_CLASS_COUNTS: dict[str, list[int] | None] = {
+    "digits": [178, 182, 177, 183, 181, 182, 181, 179, 174, 180], "iris": [50, 50, 50], "wine": [59, 71, 48],
+    "breast_cancer": [212, 357], "diabetes": None,
+}
+
+
+def split_errors(split: SplitSpec, n_rows: int, class_counts: list[int] | None, task: str | None) -> list[str]:
+    """What certainly cannot split, known from the row count (and class counts) alone: no test, training or
+    validation row, or more folds than rows (stratified: than the largest class has non-test rows)."""
+    test = math.ceil(split.test_fraction * n_rows)
+    dev = n_rows - test
+    if test < 1 or dev < 2:
+        return [f"split.test_fraction: {split.test_fraction:g} of {n_rows} rows leaves {test} test and {dev} "
+                "other rows"]
+    val = split.validation
+    if isinstance(val, KFoldSpec):
+        stratified = split.stratify if split.stratify is not None else (task or "classification") == "classification"
+        most = max(math.floor(c * (1 - split.test_fraction)) for c in class_counts) if stratified and class_counts \
+            else dev
+        if val.k > most:
+            what = "the largest class has" if stratified and class_counts else "there are"
+            return [f"split.validation.k: {val.k} folds, but {what} only {most} non-test rows; use at most {most}"]
+        return []
+    n_val = math.ceil(val.fraction * dev)
+    if n_val < 1 or dev - n_val < 1:
+        return [f"split.validation.fraction: {val.fraction:g} of {dev} non-test rows leaves no training or "
+                "validation row"]
+    return []
 
 
 # ---------------------------------------------------------------------------------------- search space
@@ -257,6 +289,13 @@ class ParamSpec(_Model):
                 raise ValueError("low: must be <= high")
             if self.log and self.step is not None:
                 raise ValueError("step: cannot be combined with log")
+            if self.step is not None:
+                if not (math.isfinite(self.step) and self.step > 0):
+                    raise ValueError("step: must be a finite number > 0")
+                limit = current_limits().max_grid_points
+                if (self.high - self.low) / self.step > limit:
+                    raise ValueError(f"step: {self.step:g} gives more than {limit:,} values between low and high; "
+                                     f"use at least {(self.high - self.low) / limit:g}")
         return self
 
     @property
@@ -561,10 +600,23 @@ class JobSpec(_Model):
             errors.extend(objective_errors(self.objective, task))
         if self.model.kind == "cnn" and self.model.input_shape is None and self.dataset.builtin not in (None, "digits"):
             errors.append("model.input_shape: required for a CNN on this data set")
+        space = self.effective_search_space()
+        if len(space) > current_limits().max_dimensions:
+            errors.append(f"search_space: {len(space)} dimensions, more than the limit of "
+                          f"{current_limits().max_dimensions}")
         if self.sampler.kind == "grid":
-            for name, p in self.effective_search_space().items():
+            points = 1
+            for name, p in space.items():
                 if p.kind == "range":
                     errors.append(f"search_space.{name}: the grid sampler needs choices or a fixed value")
+                points *= len(p.choices) if p.kind == "choices" and p.choices else 1
+            if points > current_limits().max_grid_points:
+                errors.append(f"search_space: the grid has {points:.3g} points, more than the limit of "
+                              f"{current_limits().max_grid_points:,}; use fewer choices or another sampler")
+        if self.dataset.builtin is not None:
+            errors.extend(split_errors(self.split, BUILTIN_ROWS[self.dataset.builtin],
+                                       BUILTIN_CLASS_COUNTS[self.dataset.builtin], self.dataset.known_task()
+                                       or ("regression" if self.dataset.builtin == "diabetes" else "classification")))
         if self.pruner.kind == "wilcoxon" and self.split.validation.kind != "kfold":
             errors.append("pruner.kind: the wilcoxon pruner compares per-fold scores and needs split.validation.kind 'kfold'")
         if self.dataset.builtin is not None and not errors:
@@ -573,8 +625,6 @@ class JobSpec(_Model):
             raise ValueError("\n".join(errors))
         return self
 
-    def effective_search_space(self) -> dict[str, ParamSpec]:
-        """The core four (defaults unless overridden) plus any optional dimensions the job added."""
     @model_validator(mode="before")
     @classmethod
     def _no_control_characters(cls, data: Any) -> Any:
@@ -582,6 +632,8 @@ class JobSpec(_Model):
             raise ValueError("\n".join(errors))
         return data
 
+    def effective_search_space(self) -> dict[str, ParamSpec]:
+        """The core four (defaults unless overridden) plus any optional dimensions the job added."""
         return {**CORE_HYPERPARAMETERS, **self.search_space}
 
     @property
@@ -589,8 +641,6 @@ class JobSpec(_Model):
         return METRIC_DIRECTIONS[self.objective][0]
 
 
-def _upper(p: ParamSpec | None) -> float | None:
-    """The largest value a numeric search dimension can take (None when absent or not numeric)."""
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -615,6 +665,8 @@ def control_character_errors(data: Any, where: str = "") -> list[str]:
     return errors[:20]
 
 
+def _upper(p: ParamSpec | None) -> float | None:
+    """The largest value a numeric search dimension can take (None when absent or not numeric)."""
     if p is None:
         return None
     values = p.choices if p.kind == "choices" else [p.value] if p.kind == "fixed" else [p.high]

@@ -17,7 +17,7 @@ from app.liveness import live_workers
 from app.models import FINISHED_STATUSES, Dataset, Job, JobStatus, SlotRelease, utcnow
 from app.services.summary import bump_version, job_etag
 from app.services.tenancy import Principal, can_see, owned, require_admin
-from tuner.spec import JobSpec, memory_errors, objective_errors
+from tuner.spec import JobSpec, memory_errors, objective_errors, split_errors
 
 PATH_REFUSED = "dataset.path: server file paths are not accepted; upload the file with POST /datasets"
 
@@ -44,6 +44,8 @@ def create_job(session: Session, spec: JobSpec, *, principal: Principal) -> Job:
         task = ds.task or dataset.task
         errors.extend((["body", "objective"], e) for e in objective_errors(spec.objective, task))
         errors.extend((["body", "model"], e) for e in memory_errors(spec, dataset.columns))  # raw width
+        counts = [int(c) for c in (dataset.class_counts or {}).values()] if task == "classification" else None
+        errors.extend((["body", "split"], e) for e in split_errors(spec.split, dataset.rows, counts or None, task))
         if dataset.missing_values and ds.impute == "none":
             errors.append((["body", "dataset", "impute"],
                            (f"dataset.impute: the data set has {dataset.missing_values} missing values; "

@@ -29,7 +29,7 @@ def _errors(spec_dict, **over: object) -> list[str]:  # type: ignore[no-untyped-
         ({"pruner": {"kind": "wilcoxon"}},
          "pruner.kind: the wilcoxon pruner compares per-fold scores and needs split.validation.kind 'kfold'"),
         ({"budget": {"n_trials": 0}}, "budget.n_trials: must be at least 1"),
-        ({"split": {"test_fraction": 1.5}}, "split.test_fraction: must be < 1.0"),
+        ({"split": {"test_fraction": 1.5}}, "split.test_fraction: must be at most 0.9"),
         ({"surprise": 1}, "surprise: unknown field"),
         ({"model": {"kind": "cnn"}}, "model.input_shape: required for a CNN on this data set"),
         ({"dataset": {"builtin": "iris", "task": "regression"}},
