@@ -63,3 +63,60 @@ def test_api_stateful(settings):
             case.validate_response(response, checks=CHECKS)
 
     Workflow.run(settings=_settings(15, stateful_step_count=6))
+
+
+# ------------------------------------------------------------------------ hostile generators (issue 20)
+def _hostile_values() -> Any:
+    from hypothesis import strategies as st
+
+    leaves = st.one_of(
+        st.integers(min_value=2**53, max_value=10**40), st.integers(max_value=-(2**63)),
+        st.floats(allow_nan=False, allow_infinity=False, min_value=-1e308, max_value=1e308),
+        st.just(5e-324), st.text(alphabet=st.characters(codec="utf-8"), max_size=20).map(lambda t: t + "\x00"),
+        st.just("\u0000"), st.just("x" * 5000), st.booleans(), st.none(),
+    )
+    return st.recursive(leaves, lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                       st.dictionaries(st.text(max_size=5), inner, max_size=3)),
+                        max_leaves=12)
+
+
+def _deep(depth: int) -> str:
+    return "[" * depth + "1" + "]" * depth
+
+
+def test_hostile_specs_and_ids_never_5xx(settings, spec_dict):
+    """A valid spec with one value anywhere replaced by something hostile (huge or tiny numbers, NUL, long
+    strings, nesting), ids with NUL and control characters, deep nesting: never a 5xx, never half-written."""
+    from fastapi.testclient import TestClient
+    from hypothesis import strategies as st
+
+    app = create_app(settings)
+    paths = [("name",), ("split", "seed"), ("split", "test_fraction"), ("budget", "n_trials"), ("budget", "max_epochs"),
+             ("search_space", "lr"), ("search_space", "dropout", "step"), ("model", "hidden"),
+             ("dataset", "builtin"), ("early_stopping", "min_delta"), ("pruner", "min_resource"),
+             ("sampler", "seed"), ("search_space", "x\x00y"), ("objective",)]
+    with TestClient(app, headers={"X-Requested-With": "fuzz"}) as c:
+
+        @given(where=st.sampled_from(paths), value=_hostile_values())
+        @_settings(60)
+        def run(where: tuple[str, ...], value: Any) -> None:
+            spec = spec_dict()
+            node = spec
+            for key in where[:-1]:
+                node = node.setdefault(key, {}) if isinstance(node.get(key, {}), dict) else {}
+            node[where[-1]] = value
+            r = c.post("/jobs", json=spec)
+            assert r.status_code < 500, (where, value, r.text)
+
+        run()
+        import json as _json
+
+        for body in (_deep(10_000), '{"name": ' + _deep(5000) + "}", _json.dumps(spec_dict(name="a\x00b"))):
+            r = c.post("/jobs", content=body, headers={"Content-Type": "application/json"})
+            assert r.status_code in (400, 413, 422), r.text
+        for path in ("/jobs/%00", "/jobs/a%00b/result", "/datasets/%00", "/jobs/%0a/trials", "/jobs/" + "9" * 5000):
+            for method in ("GET", "DELETE"):
+                assert c.request(method, path).status_code < 500, path
+        jobs = c.get("/jobs").json()
+        for job in jobs["items"]:  # whatever was accepted is a whole, valid job
+            assert "\x00" not in job["name"]
