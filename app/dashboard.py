@@ -74,4 +74,7 @@ class ReadOnlyDashboard:
         if not sub.startswith(_PASS):
             await HTMLResponse(_page(), headers={"Cache-Control": "no-cache"})(scope, receive, send)
             return
-        await self._app()({**scope, "root_path": PREFIX, "path": PREFIX + sub}, receive, send)
+        headers = list(scope.get("headers", []))
+        if not any(k.lower() == b"accept-encoding" for k, _ in headers):
+            headers.append((b"accept-encoding", b"identity"))  # its static route reads the header unguarded
+        await self._app()({**scope, "root_path": PREFIX, "path": PREFIX + sub, "headers": headers}, receive, send)

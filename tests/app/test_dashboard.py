@@ -30,3 +30,14 @@ def test_dashboard_lists_the_job_study_and_refuses_writes(client, spec_dict, set
         assert r.json()["detail"].startswith("the dashboard is read-only")
     names = {s["study_name"] for s in client.get("/dashboard/api/studies").json()["study_summaries"]}
     assert names == {job["study_name"]}
+
+
+def test_dashboard_static_files_without_accept_encoding(client):
+    """optuna-dashboard's static route reads Accept-Encoding unguarded (a KeyError, an HTML 500, without it)."""
+    client.headers.pop("accept-encoding", None)
+    for path in ("/dashboard/static/bundle.js", "/dashboard/favicon.ico"):
+        r = client.get(path)
+        assert r.status_code == 200, (path, r.text[:200])
+        assert r.headers.get("content-encoding") in (None, "identity")
+    r = client.get("/dashboard/static/bundle.js", headers={"Accept-Encoding": "gzip"})
+    assert r.status_code == 200
