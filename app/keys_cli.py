@@ -23,24 +23,50 @@ def register(sub: Any) -> None:
     p.add_argument("name", help="who or what uses it (shown in `tuner keys list`)")
     p.add_argument("--tenant", default="default", help="the tenant its jobs and data sets belong to")
     p.add_argument("--admin", action="store_true", help="sees and manages every tenant's jobs and data sets")
-    p.set_defaults(func=_create)
+    p.set_defaults(func=_guarded(_create))
     p = ksub.add_parser("list", help="list keys (never the keys themselves)")
-    p.set_defaults(func=_list)
+    p.set_defaults(func=_guarded(_list))
     p = ksub.add_parser("revoke", help="revoke a key by its id (takes effect within a few seconds)")
     p.add_argument("id")
-    p.set_defaults(func=_revoke)
+    p.set_defaults(func=_guarded(_revoke))
     p = ksub.add_parser(
         "bootstrap", help="make sure an admin key exists (TUNER_ADMIN_KEY, or a new one printed once)",
         description="Store TUNER_ADMIN_KEY as an admin key if it is set; otherwise, if no key exists at all, "
                     "create an admin key and print it once. Does nothing when keys exist already.")
-    p.set_defaults(func=_bootstrap)
+    p.set_defaults(func=_guarded(_bootstrap))
 
 
 def _engine() -> Any:
+    """The service's database, migrated first when it is new or behind (``tuner migrate``'s work, said on
+    stderr): a key can only be stored in a table that exists."""
     from app.core.config import get_settings
     from app.db import get_engine
+    from app.migrate import current_revision, head_revision, upgrade
 
-    return get_engine(get_settings().database_url)
+    url = get_settings().database_url
+    engine = get_engine(url)
+    with engine.connect() as conn:
+        behind = current_revision(conn) != head_revision()
+    if behind:
+        print("the database was not migrated; migrating it first (tuner migrate)", file=sys.stderr)
+        upgrade(url)
+    return engine
+
+
+def _guarded(func: Any) -> Any:
+    """A database that cannot be reached or used is one line on stderr and exit status 1, not a traceback."""
+
+    def run(args: argparse.Namespace) -> int:
+        import sqlalchemy as sa
+
+        try:
+            return int(func(args))
+        except sa.exc.SQLAlchemyError as exc:
+            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            print(f"tuner keys: cannot use the database: {reason}", file=sys.stderr)
+            return 1
+
+    return run
 
 
 def _create(args: argparse.Namespace) -> int:

@@ -104,3 +104,23 @@ def test_serve_on_another_host_with_keys_requires_them(serve, use_settings):
     with session_scope(get_engine(use_settings.database_url), write=True) as s:
         s.execute(sa.update(ApiKey).values(revoked_at=sa.func.now()))
     assert serve("--host", "0.0.0.0")[0] == 2
+
+
+def test_keys_on_a_database_never_migrated_migrates_it_first(tmp_path, monkeypatch, capsys):
+    """README: ``export TUNER_API_KEY=$(tuner keys create alice --tenant team-a)`` before anything else ran."""
+    fresh = app.core.config.Settings(database_url=f"sqlite:///{tmp_path / 'new.db'}")
+    monkeypatch.setattr(app.core.config, "get_settings", lambda: fresh)
+    assert cli.main(["keys", "create", "alice", "--tenant", "team-a"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip().startswith("tsk_") and "\n" not in captured.out.strip()
+    assert "migrating it first" in captured.err and "Traceback" not in captured.err
+    assert [k.name for k in _keys(fresh)] == ["alice"]
+    assert cli.main(["keys", "list"]) == 0 and "migrating" not in capsys.readouterr().err  # only once
+
+
+def test_keys_on_an_unreachable_database_is_one_line(monkeypatch, capsys):
+    down = app.core.config.Settings(database_url="postgresql+psycopg://nobody@127.0.0.1:1/none")
+    monkeypatch.setattr(app.core.config, "get_settings", lambda: down)
+    assert cli.main(["keys", "list"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tuner keys: cannot use the database:") and "\n" not in err
