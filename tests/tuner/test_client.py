@@ -159,3 +159,22 @@ def test_cli_jobs_and_cancel_on_a_mocked_server(monkeypatch: pytest.MonkeyPatch,
     assert "j1" in capsys.readouterr().out
     assert main(["cancel", "j1", "--url", "http://tuner.test"]) == 1
     assert "cannot be cancelled" in capsys.readouterr().err
+
+
+def test_the_client_and_the_cli_help_load_nothing_heavy() -> None:
+    """`import tuner.client` and `tuner --help` load no torch, scikit-learn, Optuna, pandas or numpy (a fresh
+    interpreter each: this process has them all loaded already)."""
+    import subprocess
+    import sys
+
+    heavy = ("torch", "sklearn", "optuna", "pandas", "numpy")
+    probe = "import sys\n{}\nprint(sorted(m for m in {!r} if m in sys.modules))"
+    for code in ("import tuner.client", "from tuner import client", "import tuner.client_cli",
+                 "import app.cli, contextlib, io\nwith contextlib.suppress(SystemExit), contextlib.redirect_stdout("
+                 "io.StringIO()): app.cli.main(['--help'])"):
+        out = subprocess.run([sys.executable, "-c", probe.format(code, heavy)], capture_output=True, text=True,
+                             check=True).stdout.strip().splitlines()[-1]
+        assert out == "[]", (code, out)
+    out = subprocess.run([sys.executable, "-c", "import tuner; print(tuner.JobSpec.__name__, tuner.run.__module__)"],
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["JobSpec", "tuner.runner"]  # the public names still load, on first use
