@@ -47,6 +47,8 @@ def test_job_list_and_live_job_page_in_chromium(server, spec_dict, browser_page,
     page = browser_page
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    csp: list[str] = []  # the page's Content-Security-Policy must not block anything it needs
+    page.on("console", lambda msg: csp.append(msg.text) if "Content Security Policy" in msg.text else None)
     page.goto(f"{srv.url}/")
     row = page.locator(f'tr.job-row[data-id="{job_id}"]')
     row.wait_for(timeout=30_000)
@@ -74,6 +76,7 @@ def test_job_list_and_live_job_page_in_chromium(server, spec_dict, browser_page,
     page.locator(f'tr.job-row[data-id="{job_id}"] .status.succeeded').wait_for(timeout=10_000)
     page.screenshot(path=str(tmp_path / "jobs.png"), clip={"x": 0, "y": 0, "width": 1280, "height": 360})
     assert not errors, errors
+    assert not csp, csp
 
     # optuna-dashboard's own page, under /dashboard, lists the job's study.
     page.goto(f"{srv.url}/dashboard/")
@@ -85,3 +88,22 @@ def test_job_list_and_live_job_page_in_chromium(server, spec_dict, browser_page,
         for name in ("jobs.png", "job.png"):
             shutil.copyfile(tmp_path / name, Path(out) / name)
     assert (tmp_path / "job.png").stat().st_size > 10_000
+
+
+def test_api_docs_render_offline_in_chromium(server, browser_page, request):
+    """/docs is Swagger UI from the installed package: it renders with every request to this origin only."""
+    if "postgres" in request.node.name:
+        pytest.skip("a static page: one backend is enough")
+    srv = server().start()
+    page = browser_page
+    requests: list[str] = []
+    messages: list[str] = []
+    page.on("request", lambda req: requests.append(req.url))
+    page.on("console", lambda msg: messages.append(msg.text) if msg.type == "error" else None)
+    page.on("pageerror", lambda exc: messages.append(str(exc)))
+    page.goto(f"{srv.url}/docs")
+    page.locator(".swagger-ui .info .title").wait_for(timeout=30_000)
+    assert "tuneserve" in page.locator(".swagger-ui .info .title").inner_text()
+    page.locator(".opblock-tag", has_text="jobs").first.wait_for(timeout=10_000)
+    assert requests and all(url.startswith(srv.url) for url in requests), requests
+    assert not messages, messages
