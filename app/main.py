@@ -81,7 +81,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     limits.configure(settings.limits())
     install_error_handlers(app, default_body_limit=(settings.max_json_bytes, 0), body_limits={
         ("POST", "/datasets"): (settings.max_upload_bytes, 64 * 1024),  # the file plus the multipart framing
-        ("POST", "/jobs/{job_id}/predict"): (settings.max_upload_bytes, 64 * 1024),  # CSV/Parquet rows
+        ("POST", "/jobs/{job_id}/predict"): {  # a CSV/Parquet file of rows, or JSON rows (parsed in full)
+            "multipart/form-data": (settings.max_upload_bytes, 64 * 1024), "*": (settings.max_json_bytes, 0)},
     })
     install_security(app, settings)
     app.state.settings = settings

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from app.models import JobStatus
 
@@ -94,6 +94,8 @@ class TrialPublic(BaseModel):
     train_curve: Any = None
     best_epoch: int | None = None
     val_metrics: dict[str, Any] | None = None
+    val_metrics_folds: dict[str, int] | None = Field(
+        default=None, description="K-fold: per metric, how many folds defined it, when not all did (its mean is then null)")
     duration_s: float | None = None
     worker: str | None = None
     device: str | None = None
@@ -145,6 +147,7 @@ class BestResult(BaseModel):
     best_epoch: int | None = None
     final_epochs: int | None = None
     val_metrics: dict[str, Any] | None = None
+    val_metrics_folds: dict[str, int] | None = None
 
 
 class ConfusionMatrix(BaseModel):
@@ -172,6 +175,18 @@ class Timing(BaseModel):
     trials_s: float
 
 
+class Reproduce(BaseModel):
+    """The ``tuner run`` command that repeats the job (``exact``: the same trials, params and test metrics)."""
+
+    command: str
+    argv: list[str]
+    exact: bool
+    why: str
+    spec: dict[str, Any]
+    data_file: dict[str, Any] | None
+    how: str
+
+
 class ResultBundle(BaseModel):
     job_id: str
     name: str
@@ -186,4 +201,5 @@ class ResultBundle(BaseModel):
     versions_recorded: bool
     timing: Timing
     trials: TrialStats
+    reproduce: Reproduce
     spec: dict[str, Any]

@@ -181,6 +181,7 @@ def trial_dict(t: FrozenTrial) -> dict[str, Any]:
         "train_curve": ua.get("train_curve"),
         "best_epoch": ua.get("best_epoch"),
         "val_metrics": ua.get("val_metrics"),
+        "val_metrics_folds": ua.get("val_metrics_folds"),  # K-fold: folds that defined a metric, when not all
         "duration_s": duration,
         "worker": ua.get("worker"),
         "device": ua.get("device"),

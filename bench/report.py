@@ -344,7 +344,65 @@ def sklearn_gap(r: dict[str, Any]) -> tuple[str, list[list[str]]]:
     if len(first) > 1:  # variants re-run alone (--only): say when each was measured
         text += "\nVariants measured in separate runs: " + "; ".join(
             f"{', '.join(names[c])}: from {d} at `{c}`" for c, d in sorted(first.items(), key=lambda kv: kv[1])) + ".\n"
-    return text, []
+    paired, targets = sklearn_gap_paired(r)
+    return text + "\n" + paired, targets
+
+
+GAP_TARGET_VARIANTS = ("default", "init searched")  # issue 19: He (the default) and init searched
+GAP_TARGET_DATASETS = ("digits", "diabetes", "breast_cancer", "wine")
+
+
+def _not_below(s: dict[str, Any] | None) -> bool | None:
+    """A variant's mean paired difference to scikit-learn is not below 0 by more than its standard error
+    (None when not measured, or without two paired seeds)."""
+    if not s or s.get("diff_vs_sklearn_mean") is None or s.get("diff_vs_sklearn_se") is None:
+        return None
+    return bool(s["diff_vs_sklearn_mean"] >= -s["diff_vs_sklearn_se"])
+
+
+def sklearn_gap_paired(r: dict[str, Any]) -> tuple[str, list[list[str]]]:
+    """Issue 19's target: per data set, each target variant's paired mean difference to scikit-learn ±
+    its standard error, and per variant a verdict: not below scikit-learn by more than one standard error
+    on any of the four data sets (over at least 10 paired seeds)."""
+    rows = []
+    for ds in GAP_TARGET_DATASETS:
+        row: list[Any] = [ds]
+        for v in GAP_TARGET_VARIANTS:
+            s = r["datasets"].get(ds, {}).get("variants", {}).get(v)
+            if s is None or s.get("diff_vs_sklearn_mean") is None:
+                row += ["not measured", None]
+                continue
+            se = s.get("diff_vs_sklearn_se")
+            n = s.get("diff_vs_sklearn_seeds")
+            row += [f"{fmt(s['diff_vs_sklearn_mean'], 4)} ± {fmt(se, 4)}" + (f" ({n} seeds)" if n else ""),
+                    _not_below(s)]
+        rows.append(row)
+    headers = ["data set"]
+    for v in GAP_TARGET_VARIANTS:
+        headers += [f"{v}: - scikit-learn (mean ± se)", "within 1 se"]
+    text = ("Paired against scikit-learn (issue 19's target: on each data set the mean test score is not below "
+            "scikit-learn's by more than one standard error of the per-seed difference, over >= 10 seeds):\n\n")
+    text += table(headers, rows, digits=[0, 0, 0, 0, 0]) + "\n"
+    targets: list[list[str]] = []
+    for v in GAP_TARGET_VARIANTS:
+        verdicts = [_not_below(r["datasets"].get(ds, {}).get("variants", {}).get(v)) for ds in GAP_TARGET_DATASETS]
+        seeds = [r["datasets"].get(ds, {}).get("variants", {}).get(v, {}).get("diff_vs_sklearn_seeds")
+                 for ds in GAP_TARGET_DATASETS]
+        enough = all(n is None or n >= 10 for n in seeds)  # None: a run from before the count was recorded
+        met = False if False in verdicts else None if None in verdicts else enough
+        missing = [ds for ds, ok in zip(GAP_TARGET_DATASETS, verdicts, strict=True) if ok is None]
+        below = [ds for ds, ok in zip(GAP_TARGET_DATASETS, verdicts, strict=True) if ok is False]
+        answer = "-" if met is None else "yes" if met else "no"
+        why = "; ".join([*([f"below on {', '.join(below)}"] if below else []),
+                         *([f"not measured: {', '.join(missing)}"] if missing else []),
+                         *([] if enough else ["fewer than 10 paired seeds"])])
+        why = f" ({why})" if why else ""
+        text += (f"\n`{v}`: not below scikit-learn by more than one standard error on any data set: "
+                 f"**{answer}**{why}\n")
+        targets.append(["11", f"`{v}`: test score not below scikit-learn's by > 1 se on any of the 4 data sets",
+                        "; ".join(f"{ds} {'ok' if ok else 'below' if ok is False else '-'}"
+                                  for ds, ok in zip(GAP_TARGET_DATASETS, verdicts, strict=True)), verdict(met)])
+    return text, targets
 
 
 RENDER["sklearn_gap"] = sklearn_gap

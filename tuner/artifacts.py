@@ -131,7 +131,9 @@ class LoadedModel:
         """Class labels (as in the data) or regression values in the target's units."""
         if self.task == "classification":
             assert self.classes is not None
-            return np.asarray(self.classes)[self.predict_proba(X).argmax(axis=1)]
+            # a class list mixing numbers and text (issue 19) keeps each label's type: no common numpy dtype
+            mixed = len({type(c) for c in self.classes}) > 1
+            return np.asarray(self.classes, dtype=object if mixed else None)[self.predict_proba(X).argmax(axis=1)]
         out = predict_outputs(self.model, self._features(X)).reshape(-1).float().cpu().numpy()
         return self.preprocessor.inverse_target(out)
 

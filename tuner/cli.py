@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="torch CPU threads per process (default: all cores with --jobs 1, else 1)")
     p.add_argument("--jobs", type=int, default=None, metavar="N",
-                   help="trials in N processes on one study (default: the number of cores)")
+                   help="trials in N processes on one study (default: the number of cores); only --jobs 1 "
+                        "repeats a search exactly")
     p.add_argument("--rescore-test", action="store_true",
                    help="score a resumed run's new best trial on the test set although an earlier one was scored")
     p.set_defaults(func=_cmd_run)
@@ -93,6 +94,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:  # outside the search (e.g. while scoring): nothing half-stored to report
         _print_json({"status": "interrupted", "study_name": args.study_name or spec.name})
         return EXIT_INTERRUPTED
+    reproduce = result.get("reproduce")
+    if isinstance(reproduce, dict) and reproduce.get("argv"):  # the spec file as it was given here
+        import shlex
+
+        reproduce["argv"] = [*reproduce["argv"][:2], str(args.spec), *reproduce["argv"][3:]]
+        reproduce["command"] = shlex.join(reproduce["argv"])
     _print_json(result)
     if result["status"] == "interrupted":
         return EXIT_INTERRUPTED

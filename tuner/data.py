@@ -1,15 +1,23 @@
 """Data: loading (builtin / CSV / Parquet / NPZ), task inference, splits and preprocessing.
 
 Everything fitted (column kinds, one-hot vocabularies, imputation values, standardisation statistics,
-the regression target's scale) is fitted on the training part of each split only, and the class list on
-the non-test rows. The test rows are set aside first and are reachable only through
-:meth:`PreparedData.take_test`, which counts its calls so tests can prove the test-once rule. No value in
-a test row changes anything before the final scoring (``tests/tuner/test_integrity.py`` checks it).
+the regression target's scale) is fitted on the training part of each split only; the task, the label
+type and the class list come from the non-test rows. The test rows are set aside first and are reachable
+only through :meth:`PreparedData.take_test`, which counts its calls so tests can prove the test-once rule.
+No value in a test row changes anything before the final scoring (``tests/tuner/test_integrity.py`` checks
+it); only the split reads every row (and, when neither ``split.stratify`` nor ``dataset.task`` is set, a
+provisional task from every row picks stratify's default).
+
+Labels are compared by value, each on its own (:func:`canonical_label`): a label that reads as a finite
+number is that number (an ``int`` when integral, else a ``float``), so the CSV text ``"1"``, the integer
+``1`` and the float ``1.0`` are one class; anything else (booleans included) is text. Classes are ordered
+numbers first (numerically), then text (lexically).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -26,6 +34,7 @@ from tuner.spec import DatasetSpec, JobSpec, SpecError, objective_errors
 
 __all__ = [
     "MAX_FEATURES",
+    "NO_LABEL",
     "UNSEEN_LABEL",
     "Fold",
     "PreparedData",
@@ -34,6 +43,7 @@ __all__ = [
     "SplitIndices",
     "Standardizer",
     "TestData",
+    "canonical_label",
     "column_kinds",
     "infer_task",
     "load_dataset",
@@ -48,6 +58,12 @@ MAX_CLASSES_FOR_INFERENCE = 20
 MAX_FEATURES = 10_000
 # The code of a test label that no non-test row has: it is scored as a wrong prediction, never a class.
 UNSEEN_LABEL = -1
+# The code of a test row without a label (missing): it is left out of the scoring and counted.
+NO_LABEL = -2
+# The spellings pandas reads as booleans (``read_csv``'s defaults); text columns keep them as text when a
+# cell holds anything else, so they are compared as "True"/"False" wherever they occur.
+_BOOL_SPELLINGS = {"True": "True", "TRUE": "True", "true": "True",
+                   "False": "False", "FALSE": "False", "false": "False"}
 _BUILTIN_LOADERS: dict[str, Callable[..., Any]] = {
     "digits": skdatasets.load_digits,
     "iris": skdatasets.load_iris,
@@ -130,15 +146,94 @@ def _load_npz(path: Path, where: str) -> RawData:
     return RawData(pd.DataFrame(X, columns=[f"x{i}" for i in range(X.shape[1])]), y.reshape(len(y)), shape)
 
 
-def infer_task(y: np.ndarray) -> Task:
-    """Classification for non-numeric or integer-valued targets with few distinct values, else regression."""
-    series = pd.Series(y)
-    if not (pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)):
+def canonical_label(value: Any) -> int | float | str | None:
+    """One label's value, independent of the column's dtype: ``None`` when missing; a finite number (or
+    text that reads as one, ``"1"``, ``" 2.0"``, ``"1e3"``) is an ``int`` when integral, else a ``float``;
+    a boolean is ``"True"``/``"False"`` (as are pandas' other spellings of them); anything else is its text.
+    """
+    if isinstance(value, (bool, np.bool_)):
+        return "True" if value else "False"
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        f = float(value)
+        if math.isnan(f):
+            return None
+        return (int(f) if f.is_integer() else f) if math.isfinite(f) else str(f)
+    if value is None or value is pd.NA or value is pd.NaT:
+        return None
+    if isinstance(value, str):
+        if value in _BOOL_SPELLINGS:
+            return _BOOL_SPELLINGS[value]
+        number = _parse_number(value)
+        return value if number is None else number
+    try:
+        if pd.isna(value):
+            return None
+    except (TypeError, ValueError):
+        pass
+    return str(value)
+
+
+def _parse_number(text: str) -> int | float | None:
+    t = text.strip()
+    if not t or "_" in t:  # Python reads "1_000"; pandas does not
+        return None
+    try:
+        return int(t)
+    except ValueError:
+        pass
+    try:
+        f = float(t)
+    except ValueError:
+        return None
+    if not math.isfinite(f):  # "nan", "inf": text, as no number can be
+        return None
+    return int(f) if f.is_integer() else f
+
+
+def _label_key(label: float | str) -> tuple[int, float, str]:
+    """Sort key of canonical labels: numbers first (numerically), then text (lexically)."""
+    return (1, 0, label) if isinstance(label, str) else (0, label, "")
+
+
+def _canonical_labels(y: Iterable[Any]) -> np.ndarray:
+    """:func:`canonical_label` of each value, as an object array (``None`` where missing)."""
+    values = y.tolist() if isinstance(y, np.ndarray) else list(y)
+    text: dict[str, Any] = {}  # a text column repeats few values: read each once
+
+    def one(v: Any) -> Any:
+        if isinstance(v, str):
+            if v not in text:
+                text[v] = canonical_label(v)
+            return text[v]
+        return canonical_label(v)
+
+    out = np.empty(len(values), dtype=object)
+    out[:] = [one(v) for v in values]
+    return out
+
+
+def infer_task(y: Iterable[Any]) -> Task:
+    """The task a target's labels suggest (missing labels ignored; see :func:`canonical_label`).
+
+    Classification when at most half the labels are numbers (text, booleans); otherwise the numbers decide:
+    integral with at most 20 distinct values is classification, anything else regression. A few text tokens
+    among numbers (``"?"``) therefore do not turn a regression target into a classification one: for
+    regression they are refused in the non-test rows and not scored in the test rows.
+    """
+    return _infer(_canonical_labels(y))
+
+
+def _infer(canonical: np.ndarray) -> Task:
+    """:func:`infer_task` of labels that are canonical already."""
+    labels = [v for v in canonical if v is not None]
+    numbers = [v for v in labels if not isinstance(v, str)]
+    if 2 * len(numbers) <= len(labels):
         return "classification"
-    values = series.dropna().to_numpy(dtype=np.float64)
-    if not np.all(np.equal(np.mod(values, 1), 0)):
+    if any(isinstance(v, float) for v in numbers):
         return "regression"
-    return "classification" if len(np.unique(values)) <= MAX_CLASSES_FOR_INFERENCE else "regression"
+    return "classification" if len(set(numbers)) <= MAX_CLASSES_FOR_INFERENCE else "regression"
 
 
 # -------------------------------------------------------------------------------------------- splits
@@ -151,12 +246,17 @@ class SplitIndices:
     folds: list[tuple[np.ndarray, np.ndarray]]
 
 
-def split_indices(spec: JobSpec, y: np.ndarray, task: Task) -> SplitIndices:
-    """Test split first (stratified for classification by default), then holdout or K-fold on the rest."""
+def split_indices(spec: JobSpec, y: np.ndarray, task: Task, *, stratify: bool | None = None) -> SplitIndices:
+    """Test split first (stratified for classification by default), then holdout or K-fold on the rest.
+
+    ``y`` is the stratification key (one integer code per row); ``stratify`` overrides the default
+    (``split.stratify``, else ``task == "classification"``).
+    """
     split = spec.split
-    stratify = split.stratify if split.stratify is not None else task == "classification"
-    if stratify and task != "classification":
-        raise SpecError(["split.stratify: stratification needs a classification task"])
+    if stratify is None:
+        stratify = split.stratify if split.stratify is not None else task == "classification"
+        if stratify and task != "classification":
+            raise SpecError(["split.stratify: stratification needs a classification task"])
     idx = np.arange(len(y))
     try:
         dev, test = train_test_split(
@@ -278,7 +378,7 @@ class Preprocessor:
             X = np.where(np.isfinite(X), X, fill)
         parts = [self.standardizer.transform(X)] if self.numeric else []
         for col, values in self.categories.items():
-            codes = pd.Index(values).get_indexer(frame[col].astype(str))  # unknown -> -1
+            codes = pd.Index(values).get_indexer(_category_strings(frame[col]))  # unknown -> -1
             codes[frame[col].isna().to_numpy()] = -1
             onehot = np.zeros((len(frame), len(values)))
             hit = codes >= 0
@@ -332,12 +432,39 @@ def _numeric_matrix(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
     return frame[columns].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
 
 
+def _is_boolean(value: Any) -> bool:
+    return isinstance(value, (bool, np.bool_)) or (isinstance(value, str) and value in _BOOL_SPELLINGS)
+
+
+def _all_boolean(present: pd.Series) -> bool:
+    """Whether every (non-missing) value is a boolean: Python/numpy ``bool`` or pandas' spellings of one.
+
+    A boolean column with a missing value or a token elsewhere in the file is read as ``object`` (bools
+    and NaN, or text): this looks at the values, not the dtype, so such a column stays categorical.
+    """
+    if pd.api.types.is_bool_dtype(present):
+        return True
+    if len(present) == 0 or not _is_boolean(present.iloc[0]):
+        return False
+    return bool(present.map(_is_boolean).all())
+
+
+def _category_strings(series: pd.Series) -> pd.Series:
+    """A categorical column's values as the text its one-hot vocabulary holds (missing values stay NaN):
+    booleans (and pandas' spellings of them) as ``"True"``/``"False"``, anything else as ``str``."""
+    return series.astype(str).replace(_BOOL_SPELLINGS).where(series.notna().to_numpy())
+
+
 def _parses_as_numbers(series: pd.Series) -> bool:
+    """Numeric: every non-missing value is a number, or text that reads as one, and not all are booleans
+    (decided by the values ``series`` holds, whatever dtype the whole file gave the column)."""
     if pd.api.types.is_bool_dtype(series):
         return False
     if pd.api.types.is_numeric_dtype(series):
         return True
     present = series.dropna()
+    if _all_boolean(present):
+        return False
     return bool(pd.to_numeric(present, errors="coerce").notna().all())
 
 
@@ -345,7 +472,9 @@ def column_kinds(frame: pd.DataFrame, *, max_features: int = MAX_FEATURES) -> tu
     """Numeric columns and one-hot vocabularies of ``frame`` (a training part).
 
     A column is numeric when every non-missing value in ``frame`` is a number (numeric dtype, or text that
-    parses as one); otherwise it is one-hot encoded over the distinct values ``frame`` has. Raises
+    parses as one) and they are not all booleans; otherwise it is one-hot encoded over the distinct values
+    ``frame`` has (booleans as ``"True"``/``"False"``, dates and other text as written). Only the values
+    count, never the dtype the whole file gave a column (a test row's NaN or token can change that). Raises
     :class:`SpecError` naming the count when the encoding would give more than ``max_features`` columns,
     before any matrix is built.
     """
@@ -355,7 +484,7 @@ def column_kinds(frame: pd.DataFrame, *, max_features: int = MAX_FEATURES) -> tu
         if _parses_as_numbers(frame[c]):
             numeric.append(c)
         else:
-            categories[c] = sorted(frame[c].dropna().astype(str).unique().tolist())
+            categories[c] = sorted(_category_strings(frame[c].dropna()).unique().tolist())
     width = len(numeric) + sum(len(v) for v in categories.values())
     if width > max_features:
         widest = max(categories, key=lambda k: len(categories[k]))
@@ -380,6 +509,8 @@ def _check_dev_features(frame: pd.DataFrame, impute: str) -> None:
         if pd.api.types.is_bool_dtype(s) or pd.api.types.is_numeric_dtype(s):
             continue
         present = s.dropna()
+        if _all_boolean(present):
+            continue
         parsed = pd.to_numeric(present, errors="coerce")
         n_bad = int(parsed.isna().sum())
         if 0 < n_bad <= int(parsed.notna().sum()):
@@ -433,8 +564,10 @@ class Fold:
 class TestData:
     """The raw test rows (features as a frame, encoded targets) for the one final scoring.
 
-    ``y`` holds :data:`UNSEEN_LABEL` for a classification label that no non-test row has; ``labels``
-    holds the raw labels (for reporting).
+    Classification: ``y`` holds the class code, :data:`UNSEEN_LABEL` for a label that no non-test row has,
+    :data:`NO_LABEL` for a missing one; ``labels`` holds the labels (:func:`canonical_label`, for
+    reporting). Regression: ``y`` holds the numbers, NaN for a label that is missing or no number. Rows
+    without a usable target (:attr:`usable`) are left out of the scoring and counted.
     """
 
     frame: pd.DataFrame
@@ -444,6 +577,16 @@ class TestData:
     @property
     def n_unseen_label(self) -> int:
         return int((np.asarray(self.y) == UNSEEN_LABEL).sum()) if self.labels is not None else 0
+
+    @property
+    def usable(self) -> np.ndarray:
+        """Rows whose target can be scored (a class code or :data:`UNSEEN_LABEL`, or a finite number)."""
+        y = np.asarray(self.y)
+        return y != NO_LABEL if self.labels is not None else np.isfinite(y.astype(np.float64))
+
+    @property
+    def n_unusable_target(self) -> int:
+        return int((~self.usable).sum())
 
 
 @dataclass
@@ -497,48 +640,73 @@ def prepare_data(
 ) -> PreparedData:
     """Load, validate, split and preprocess the data a spec names (deterministic by ``split.seed``).
 
-    Only the split itself looks at every row (the test rows are drawn first, stratified by label for
-    classification); the class list, the checks on feature values and everything fitted use the
-    non-test rows only.
+    Only the split reads every row: the test rows are drawn first, stratified by label for classification
+    (the key is every row's class code, numbers before text as in the class list). When neither
+    ``split.stratify`` nor ``dataset.task`` is set, stratify's default comes from a provisional task
+    inferred from every row; nothing else does. The task, the label type and the class list, the checks on
+    feature values and everything fitted use the non-test rows only. A test label that is missing (or, for
+    regression, no number) is left out of the final scoring and counted (``n_test_unusable_target``).
     """
     raw = load_dataset(spec.dataset, resolve_upload=resolve_upload)
-    frame, y_raw = raw.frame, raw.target
+    frame = raw.frame
     if len(frame) < 10:
         raise SpecError([f"dataset: too few rows ({len(frame)}) to split"])
-    if pd.isna(pd.Series(y_raw)).any():
-        raise SpecError([f"dataset.target: {int(pd.isna(pd.Series(y_raw)).sum())} rows have no target value"])
-    task: Task = spec.dataset.task or infer_task(y_raw)
+    pinned = spec.dataset.task
+    if pinned is not None and (errors := objective_errors(spec.objective, pinned)):
+        raise SpecError(errors)
+    labels = _canonical_labels(raw.target)
+    missing = np.array([v is None for v in labels], dtype=bool)
+    stratify = spec.split.stratify
+    if stratify is None:  # the provisional task: stratify's default and nothing else
+        stratify = (pinned or _infer(labels)) == "classification"
+    refused = SpecError(["split.stratify: stratification needs a classification task"])
+    if stratify and pinned == "regression":
+        raise refused
+    key = np.zeros(len(labels), dtype=np.int64)
+    if stratify:
+        if missing.any():
+            raise SpecError([(f"dataset.target: {int(missing.sum())} rows have no target value; a stratified split "
+                              "needs every row's label (fill them in, or set split.stratify to false)")])
+        key = _codes(labels, sorted(set(labels.tolist()), key=_label_key))
+    try:
+        splits = split_indices(spec, key, pinned or "classification", stratify=stratify)
+    except SpecError:  # e.g. continuous labels: every "class" has one row
+        if spec.split.stratify and pinned is None and _infer(labels) == "regression":
+            raise refused from None
+        raise
+    dev_labels, test_labels = labels[splits.dev], labels[splits.test]
+    if n_missing := int(missing[splits.dev].sum()):
+        raise SpecError([f"dataset.target: {n_missing} non-test rows have no target value"])
+    task: Task = pinned or _infer(dev_labels)  # the non-test rows decide
+    if spec.split.stratify and task != "classification":
+        raise refused
     if errors := objective_errors(spec.objective, task):
         raise SpecError(errors)
-    if task == "classification":
-        key = np.asarray(y_raw).astype(str) if _categorical_target(y_raw) else np.asarray(y_raw)
-        if len(np.unique(key)) < 2:
-            raise SpecError(["dataset.target: a classification target needs at least two classes"])
-    else:
-        try:
-            key = np.asarray(y_raw, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise SpecError(["dataset.task: a regression target must be numeric"]) from None
     shape = _input_shape(spec, raw.input_shape)
-    splits = split_indices(spec, key, task)
     dev_frame = frame.iloc[splits.dev].reset_index(drop=True)
     _check_dev_features(dev_frame, spec.dataset.impute)
     classes: list[Any] | None = None
-    test_labels: np.ndarray | None = None
     if task == "classification":
         # Classes come from the non-test rows; a test label none of them has is UNSEEN_LABEL.
-        uniq, dev_y = np.unique(key[splits.dev], return_inverse=True)
-        if len(uniq) < 2:
+        classes = sorted(set(dev_labels.tolist()), key=_label_key)
+        if len(classes) < 2:
+            if len(set(labels[~missing].tolist())) < 2:
+                raise SpecError(["dataset.target: a classification target needs at least two classes"])
             raise SpecError(["dataset.target: the non-test rows hold fewer than two classes"])
-        classes = [_plain(v) for v in uniq]
-        dev_y = dev_y.astype(np.int64)
-        test_labels = key[splits.test]
-        pos = np.clip(np.searchsorted(uniq, test_labels), 0, len(uniq) - 1)
-        test_y = np.where(uniq[pos] == test_labels, pos, UNSEEN_LABEL).astype(np.int64)
+        dev_y = _codes(dev_labels, classes)
+        test_y = _codes(test_labels, classes)
         if spec.objective == "roc_auc":
             _check_every_class(spec, splits, dev_y, test_y, classes)
     else:
-        dev_y, test_y = key[splits.dev], key[splits.test]
+        text = [v for v in dev_labels if isinstance(v, str)]
+        if text:
+            tokens = ", ".join(repr(t) for t in list(dict.fromkeys(text))[:3])
+            raise SpecError([(f"dataset.task: a regression target must be numeric; {len(text)} non-test rows hold "
+                              f"labels that are no number ({tokens})")])
+        dev_y = dev_labels.astype(np.float64)
+        test_y = np.array([np.nan if v is None or isinstance(v, str) else float(v) for v in test_labels],
+                          dtype=np.float64)
+        test_labels = None
     if spec.split.validation.kind == "kfold":
         column_kinds(dev_frame, max_features=max_features)  # the refit's width: the widest of all
     data = PreparedData(
@@ -579,7 +747,7 @@ def _check_every_class(
                 (f"split: no row of class {classes[missing[0]]!r} in {where}, so ROC-AUC is undefined there; "
                 f"{hint}, keep split.stratify on, or choose another objective")
             ])
-    missing = sorted(every - set(test_y[test_y != UNSEEN_LABEL].tolist()))
+    missing = sorted(every - set(test_y[test_y >= 0].tolist()))
     if missing:
         raise SpecError([
             (f"split: no row of class {classes[missing[0]]!r} in the test rows, so the test ROC-AUC is undefined; "
@@ -587,14 +755,12 @@ def _check_every_class(
         ])
 
 
-def _categorical_target(y: np.ndarray) -> bool:
-    """Whether a target holds non-numeric labels (they are compared as strings)."""
-    s = pd.Series(y)
-    return not pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s)
-
-
-def _plain(v: Any) -> Any:
-    return v.item() if isinstance(v, np.generic) else v
+def _codes(labels: np.ndarray, classes: list[Any]) -> np.ndarray:
+    """Each canonical label's position in ``classes``: :data:`UNSEEN_LABEL` when absent, :data:`NO_LABEL`
+    when missing."""
+    index = {c: i for i, c in enumerate(classes)}
+    return np.fromiter((NO_LABEL if v is None else index.get(v, UNSEEN_LABEL) for v in labels),
+                       dtype=np.int64, count=len(labels))
 
 
 def _input_shape(spec: JobSpec, inferred: tuple[int, int, int] | None) -> tuple[int, int, int] | None:

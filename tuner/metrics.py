@@ -82,6 +82,14 @@ def objective_value(objective: str, metrics: dict[str, Any]) -> float:
     return float("nan") if value is None else float(value)
 
 
+def ovr_input(proba: np.ndarray) -> np.ndarray:
+    """What multiclass ROC-AUC ranks: the probabilities as given when their rows sum to 1 as scikit-learn
+    checks it (``np.allclose``; float32 softmax rows do), so exact ties fall as in ``roc_auc_score`` on the
+    same probabilities; otherwise each row divided by its sum (scikit-learn would refuse them)."""
+    sums = proba.sum(axis=1, keepdims=True)
+    return proba if np.allclose(1, sums) else proba / sums
+
+
 def _roc_auc(y_true: np.ndarray, proba: np.ndarray) -> float | None:
     """ROC-AUC, or None where it is undefined (scikit-learn 1.9 returns NaN with a warning for one class)."""
     if len(y_true) == 0 or len(np.unique(y_true)) < 2:
@@ -91,7 +99,7 @@ def _roc_auc(y_true: np.ndarray, proba: np.ndarray) -> float | None:
             warnings.simplefilter("ignore", UndefinedMetricWarning)
             if proba.shape[1] == 2:
                 return _finite(float(skm.roc_auc_score(y_true, proba[:, 1])))
-            p = proba / proba.sum(axis=1, keepdims=True)  # float32 softmax rows may not sum to 1 exactly
+            p = ovr_input(proba)
             return _finite(float(skm.roc_auc_score(y_true, p, multi_class="ovr", labels=np.arange(proba.shape[1]))))
     except ValueError:
         return None

@@ -227,10 +227,14 @@ def build_model(
 
     Every family, built-in or plugin, is looked up in :mod:`tuner.registry` and called as
     ``factory(params, n_features, n_outputs, **options)``. ``input_shape`` (C, H, W) is needed for a CNN
-    when ``spec.input_shape`` is unset (digits: 1x8x8).
+    when ``spec.input_shape`` is unset (digits: 1x8x8). A built-in family initialises its weights with
+    the trial's ``init`` when the search has that dimension (``search_space.init``), else ``spec.init``.
     """
     factory = get_factory(spec.family)
-    model = factory(dict(params), n_features, n_outputs, **model_options(spec, input_shape))
+    options = model_options(spec, input_shape)
+    if spec.kind != "plugin" and params.get("init") is not None:  # the search's init replaces model.init
+        options["init"] = str(params["init"])
+    model = factory(dict(params), n_features, n_outputs, **options)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model family '{spec.family}' returned {type(model).__name__}, not a torch.nn.Module")
     return model

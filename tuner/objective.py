@@ -31,7 +31,7 @@ from tuner.spec import JobSpec, ParamSpec, is_integer_dimension
 from tuner.training import FitResult, TrainConfig, fit
 
 __all__ = [
-    "Objective", "Reporter", "StopRequested", "TrialConfigError", "mean_metrics", "pruner_reads_values", "resolve_device",
+    "FoldMeans", "Objective", "Reporter", "StopRequested", "TrialConfigError", "mean_metrics", "pruner_reads_values", "resolve_device",
     "suggest_params", "train_on_fold", "write_trial_attrs",
 ]
 
@@ -49,13 +49,18 @@ def resolve_device(device: str | torch.device) -> torch.device:
 def suggest_params(trial: optuna.Trial, spec: JobSpec) -> dict[str, Any]:
     """Suggest every dimension of the effective search space (fixed values too, so params are complete).
 
-    On an RDB storage the parameters are written in one transaction at the end (Optuna writes each
-    ``suggest_*`` in its own): see :class:`_ParamWrites`.
+    Conditional dimensions: ``momentum`` is suggested only when the trial's optimizer is ``sgd`` (the
+    optimizer is suggested before it whatever the spec's order), so an Adam/AdamW trial stores no
+    momentum and importance does not credit it; an SGD trial without a momentum dimension trains with the
+    default 0.9 (added to the returned params, not stored). On an RDB storage the parameters are written in
+    one transaction at the end (Optuna writes each ``suggest_*`` in its own): see :class:`_ParamWrites`.
     """
     params: dict[str, Any] = {}
     writes = _ParamWrites.install(trial)
     try:
-        for name, p in spec.effective_search_space().items():
+        for name, p in _suggestion_order(spec.effective_search_space()):
+            if name in _SGD_ONLY and params.get("optimizer", "adam") != "sgd":
+                continue
             params[name] = _suggest(trial, name, p)
     except BaseException:
         if writes is not None:  # what was suggested before the error, as Optuna would have stored it
@@ -67,6 +72,25 @@ def suggest_params(trial: optuna.Trial, spec: JobSpec) -> dict[str, Any]:
     if params.get("optimizer", "adam") == "sgd" and "momentum" not in params:
         params["momentum"] = 0.9
     return params
+
+
+_SGD_ONLY = ("momentum",)  # dimensions sampled only for trials whose optimizer is sgd
+
+
+def _suggestion_order(space: dict[str, ParamSpec]) -> list[tuple[str, ParamSpec]]:
+    """The spec's order, except that ``optimizer`` comes before the dimensions that depend on it (moved
+    just ahead of the first of them; every other dimension keeps its place, so specs without conditional
+    dimensions draw exactly as before)."""
+    items = list(space.items())
+    names = [n for n, _ in items]
+    if "optimizer" not in names:
+        return items
+    first = min((names.index(n) for n in _SGD_ONLY if n in names), default=None)
+    if first is None or first > names.index("optimizer"):
+        return items
+    opt = items.pop(names.index("optimizer"))
+    items.insert(first, opt)
+    return items
 
 
 class _ParamWrites:
@@ -482,8 +506,15 @@ class Objective:
         from tuner.batched import can_batch, fit_folds_lockstep
 
         if can_batch(self.spec, self.device, self.data):
-            return fit_folds_lockstep(self, trial, params, attrs, reporter)
-        return self._kfold_sequential(trial, params, attrs, reporter)
+            value = fit_folds_lockstep(self, trial, params, attrs, reporter)
+        else:
+            value = self._kfold_sequential(trial, params, attrs, reporter)
+        means = attrs.get("val_metrics")
+        if isinstance(means, FoldMeans):  # a plain dict in the trial, and how many folds defined what was not
+            attrs["val_metrics"] = dict(means)
+            if means.folds:
+                attrs["val_metrics_folds"] = dict(means.folds)
+        return value
 
     def _kfold_sequential(
         self, trial: optuna.Trial, params: dict[str, Any], attrs: dict[str, Any], reporter: Reporter
@@ -515,10 +546,33 @@ class Objective:
         return float(np.mean(values))
 
 
-def mean_metrics(per_fold: list[dict[str, float | None] | None]) -> dict[str, float | None]:
-    keys = [k for k in (per_fold[0] or {})]
-    out: dict[str, float | None] = {}
+class FoldMeans(dict[str, float | None]):
+    """:func:`mean_metrics`' result: ``{metric: mean or None}``, and in :attr:`folds` ``{metric: number of
+    folds that defined it}`` for each metric that some fold left undefined (empty when every fold defined
+    every metric). :meth:`Objective._kfold` stores the means as trial user attr ``val_metrics`` and, when
+    not empty, the counts as ``val_metrics_folds``."""
+
+    def __init__(self, means: dict[str, float | None], folds: dict[str, int]) -> None:
+        super().__init__(means)
+        self.folds = folds
+
+
+def mean_metrics(per_fold: list[dict[str, float | None] | None]) -> FoldMeans:
+    """Each metric's mean over the K folds, or None unless every fold defined it (a finite number).
+
+    A metric undefined in some folds (ROC-AUC on a fold whose validation rows hold one class, R² on one
+    row) would otherwise average a subset of the folds and read as a K-fold figure: it is None, and
+    ``.folds[metric]`` says how many of the K folds defined it (e.g. ``{"roc_auc": 3}`` for 3 of 5)."""
+    keys: list[str] = []
+    for m in per_fold:
+        keys += [k for k in (m or {}) if k not in keys]
+    means: dict[str, float | None] = {}
+    folds: dict[str, int] = {}
     for k in keys:
-        vals = [m[k] for m in per_fold if m is not None and m.get(k) is not None]
-        out[k] = float(np.mean(vals)) if vals and all(math.isfinite(v) for v in vals) else None  # type: ignore[arg-type]
-    return out
+        vals = [float(v) for m in per_fold if m is not None and (v := m.get(k)) is not None and math.isfinite(v)]
+        if len(vals) == len(per_fold):
+            means[k] = float(np.mean(vals))
+        else:
+            means[k] = None
+            folds[k] = len(vals)
+    return FoldMeans(means, folds)

@@ -13,6 +13,7 @@ import sys
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ __all__ = [
     "TestAlreadyScored",
     "TrialCounts",
     "build_result",
+    "fail_orphaned_trials",
     "finalize",
     "open_study",
     "optimize",
@@ -191,9 +193,14 @@ def optimize(
     seed = _SAMPLER_SEEDS.get(study)
     start_attrs = getattr(objective, "start_system_attrs", None)
     if isinstance(start_attrs, dict):  # this study's seed only (an Objective may serve several studies)
-        start_attrs.pop("sampler_seed", None)
+        for key in _RUN_ATTRS:
+            start_attrs.pop(key, None)
+    # What ran the trial, for reproduction (tuner.provenance.reproduction) and for failing the trials of a
+    # process that died (fail_orphaned_trials): its torch thread count, its process, its sampler seed.
+    run_attrs: dict[str, Any] = {"torch_threads": torch.get_num_threads(), "owner": process_owner()}
     if seed is not None:
-        objective = _recording_seed(objective, seed)
+        run_attrs["sampler_seed"] = seed
+    objective = _recording(objective, run_attrs)
     bar = None
     if progress and n_trials:
         from tqdm.auto import tqdm
@@ -220,17 +227,131 @@ def optimize(
             bar.close()
 
 
-def _recording_seed(objective: Callable[[optuna.Trial], float], seed: int) -> Callable[[optuna.Trial], float]:
+_RUN_ATTRS = ("sampler_seed", "torch_threads", "owner")
+
+
+def _recording(objective: Callable[[optuna.Trial], float], attrs: dict[str, Any]) -> Callable[[optuna.Trial], float]:
     start_attrs = getattr(objective, "start_system_attrs", None)
-    if isinstance(start_attrs, dict):  # an Objective writes it with its first attrs: one transaction fewer
-        start_attrs["sampler_seed"] = seed
+    if isinstance(start_attrs, dict):  # an Objective writes them with its first attrs: one transaction fewer
+        start_attrs.update(attrs)
         return objective
 
     def recorded(trial: optuna.Trial) -> float:
-        trial.storage.set_trial_system_attr(trial._trial_id, "sampler_seed", seed)
+        from tuner.objective import write_trial_attrs
+
+        write_trial_attrs(trial, system=attrs)  # one transaction
         return objective(trial)
 
     return recorded
+
+
+# ------------------------------------------------------------------------ trials of dead processes
+_OWNERLESS_GRACE = timedelta(minutes=10)  # a RUNNING trial that never wrote its first attrs after this long
+
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """Process ``pid``'s state letter and start time (clock ticks since boot) from /proc; ``None`` where
+    there is none (no such process, not Linux)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    try:
+        fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+        return fields[0], int(fields[19])  # fields 3 and 22
+    except (IndexError, ValueError):
+        return None
+
+
+def _process_start(pid: int) -> int | None:
+    """When process ``pid`` started: with the pid it names one process, even after the pid is reused."""
+    stat = _proc_stat(pid)
+    return stat[1] if stat is not None else None
+
+
+_OWNER: dict[int, dict[str, Any]] = {}
+
+
+def process_owner() -> dict[str, Any]:
+    """This process as a trial's owner: ``{"host", "pid", "started"}`` (system attr ``owner``)."""
+    pid = os.getpid()
+    if pid not in _OWNER:  # per pid: a forked child is another owner
+        _OWNER[pid] = {"host": socket.gethostname(), "pid": pid, "started": _process_start(pid)}
+    return dict(_OWNER[pid])
+
+
+def _owner_of(t: FrozenTrial) -> dict[str, Any] | None:
+    """The trial's recorded owner; from its ``worker`` user attr ("host:pid") when it has no ``owner``."""
+    owner = t.system_attrs.get("owner")
+    if isinstance(owner, dict):
+        return owner
+    worker = t.user_attrs.get("worker")
+    if isinstance(worker, str):
+        host, _, pid = worker.rpartition(":")
+        return {"host": host, "pid": int(pid) if pid.isdigit() else None, "started": None}
+    return None
+
+
+def _owner_alive(owner: dict[str, Any]) -> bool | None:
+    """Whether the owning process still runs: ``None`` when this host cannot tell (another host, no pid)."""
+    pid = owner.get("pid")
+    if owner.get("host") != socket.gethostname() or not isinstance(pid, int) or pid <= 0:
+        return None
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        pass
+    except OSError:
+        return None
+    stat = _proc_stat(pid)
+    if stat is not None:
+        if stat[0] in ("Z", "X"):
+            return False  # killed, not yet reaped by its parent
+        started = owner.get("started")
+        if started is not None and stat[1] != started:
+            return False  # the pid was reused by another process
+    return True
+
+
+def fail_orphaned_trials(study: optuna.Study) -> list[int]:
+    """Fail the study's RUNNING trials whose process died (a SIGKILL, out of memory, a power cut) and
+    return their numbers.
+
+    A trial records its process as system attr ``owner`` (host, pid and the process's start time; older
+    trials: user attr ``worker`` "host:pid"). A trial of a process on this host that no longer runs (or
+    whose pid now names another process) ends FAIL with system attrs ``interrupted=True`` and
+    ``failure="interrupted"`` and a ``fail_reason``: like a trial stopped by Ctrl-C it does not use up the
+    ``n_trials`` budget (:meth:`TrialCounts.counted`), so a resume runs a new trial in its place. A live
+    process's trials (a second ``tuner run`` on the same study, ``--jobs`` processes still running) and
+    trials of another host are left alone; a trial that never recorded its owner is failed only once it
+    started more than 10 minutes ago (its process writes the owner within milliseconds of creating it).
+    """
+    storage = study._storage
+    failed: list[int] = []
+    now = datetime.now()  # Optuna stores naive local times
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = _owner_of(t)
+        if owner is None:
+            if t.datetime_start is None or now - t.datetime_start < _OWNERLESS_GRACE:
+                continue
+            reason = "its process never recorded itself and it started over 10 minutes ago"
+        else:
+            if _owner_alive(owner) is not False:
+                continue
+            reason = f"its process ({owner.get('host')}:{owner.get('pid')}) ended while it ran (killed?)"
+        try:
+            storage.set_trial_system_attr(t._trial_id, "interrupted", True)
+            storage.set_trial_system_attr(t._trial_id, "failure", "interrupted")
+            storage.set_trial_user_attr(t._trial_id, "fail_reason", f"interrupted: {reason}")
+            storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # it ended meanwhile
+        failed.append(t.number)
+    return failed
 
 
 def finalize(
@@ -294,13 +415,21 @@ def finalize(
             model, _ = train_on_fold(spec, data, fold, params, seed=seed, device=dev)
     if not all(bool(torch.isfinite(v).all()) for v in model.state_dict().values() if v.is_floating_point()):
         raise TrialConfigError(f"the model of trial {best.number} has non-finite weights; it is not scored or saved")
-    scored.append(best.number)
-    study.set_user_attr("test_scored_trials", scored)  # recorded before the test rows are read
-    study.set_user_attr("test_scoring_count", len(scored))
+    if best.number not in scored:  # a finalisation of this trial killed part-way was recorded already: the
+        scored.append(best.number)  # same model scored again learns nothing new, and is one scoring, not two
+        study.set_user_attr("test_scored_trials", scored)  # recorded before the test rows are read
+    if attrs.get("test_scoring_count") != len(scored):  # also when a kill came between the two writes
+        study.set_user_attr("test_scoring_count", len(scored))
     test = data.take_test()
     pre = fold.preprocessor
-    metrics, outputs = _score(model, pre, data.task, test.frame, np.asarray(test.y), dev)
+    usable = test.usable  # a test row whose label is missing (or, for regression, no number) is not scored
+    y_test = np.asarray(test.y)[usable]
+    metrics: dict[str, Any] = {}
+    outputs = None
+    if usable.any():  # else every test label is unusable: only the counts below
+        metrics, outputs = _score(model, pre, data.task, test.frame[usable], y_test, dev)
     metrics["n_test"] = len(test.y)
+    metrics["n_test_unusable_target"] = int((~usable).sum())
     if data.task == "classification":
         metrics["n_test_unseen_label"] = test.n_unseen_label
     metrics["n_test_filled_rows"] = pre.unusable_rows(test.frame)
@@ -312,9 +441,11 @@ def finalize(
                "validation_value": best.value, "test_metrics": metrics},
     )
     study.set_user_attr("test_metrics", metrics)
-    if data.task == "classification":  # with the test metrics, for the result bundle (GET /jobs/{id}/result)
-        study.set_user_attr("test_confusion_matrix", confusion_matrix(test.y, outputs, data.classes or []))
+    if data.task == "classification" and outputs is not None:  # for the result bundle (GET /jobs/{id}/result)
+        study.set_user_attr("test_confusion_matrix", confusion_matrix(y_test, outputs, data.classes or []))
     study.set_user_attr("environment", package_versions())
+    # how the test set was scored (with the trials' torch_threads: what reproduction needs)
+    study.set_user_attr("scored_with", {"device": str(dev), "torch_threads": torch.get_num_threads()})
     study.set_user_attr("model_path", str(model_path))
     study.set_user_attr("best_epoch", epochs)
     study.set_user_attr("best_trial_number", best.number)
@@ -383,6 +514,11 @@ def build_result(study: optuna.Study, *, status: str | None = None) -> dict[str,
     })
 
 
+def _with_stale(result: dict[str, Any], stale: list[int]) -> dict[str, Any]:
+    result["stale_trials_failed"] = stale  # this run's: RUNNING trials of a dead process, now FAIL (interrupted)
+    return result
+
+
 def _default_threads() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
@@ -410,6 +546,12 @@ def run(
     search cleanly: finished trials stay in the storage and the result has status ``interrupted``
     (test set untouched). A resume whose best trial differs from the one already scored raises
     :class:`TestAlreadyScored` unless ``rescore_test``.
+
+    On open, the RUNNING trials of processes that died (a SIGKILLed earlier run) end FAIL as interrupted
+    (:func:`fail_orphaned_trials`); they do not use up the budget, a line on stderr says so and the result
+    lists them in ``stale_trials_failed``. A completed result has ``reproduce``: the ``tuner run`` command
+    that repeats the search and whether it does so exactly (:func:`tuner.provenance.reproduction`; only a
+    fresh search in one process does).
     """
     import tempfile
 
@@ -427,26 +569,44 @@ def run(
             spec, data, device=device, worker_id=f"{socket.gethostname()}:{os.getpid()}",
             artifacts_dir=Path(artifacts_dir),
         )
-        remaining = spec.budget.n_trials - trial_counts(study).counted
+        stale = fail_orphaned_trials(study)  # a resume after a SIGKILL: its RUNNING trials end FAIL
+        counts = trial_counts(study)
+        if stale or (progress and counts.counted):
+            print(f"resumed study {study.study_name}: {counts.complete} complete, {counts.pruned} pruned"
+                  + (f", {len(stale)} stale running trial(s) failed (#{', #'.join(map(str, stale))})" if stale else "")
+                  + (f", {counts.running} running elsewhere" if counts.running else ""), file=sys.stderr)
+        remaining = spec.budget.n_trials - counts.counted
         in_processes = shared is not None and remaining > 1  # one trial left: no processes to start for it
         # one torch thread per search process; this process alone uses every core
         torch.set_num_threads(num_threads or (1 if in_processes else _default_threads()))
         try:
             if in_processes:
                 release_connections(study._storage)
-                search_parallel(
-                    spec, data, shared, study.study_name, n_trials=remaining, jobs=min(jobs, remaining),
-                    timeout_s=spec.budget.timeout_s, artifacts_dir=Path(artifacts_dir), device=device,
-                    threads=num_threads or 1, progress=progress,
-                )
+                try:
+                    search_parallel(
+                        spec, data, shared, study.study_name, n_trials=remaining, jobs=min(jobs, remaining),
+                        timeout_s=spec.budget.timeout_s, artifacts_dir=Path(artifacts_dir), device=device,
+                        threads=num_threads or 1, progress=progress,
+                    )
+                finally:  # a search process killed mid-trial (out of memory, terminated) left it RUNNING
+                    lost = fail_orphaned_trials(study)
+                    if lost:
+                        stale += lost
+                        print(f"{study.study_name}: {len(lost)} running trial(s) of a search process that died "
+                              f"failed (#{', #'.join(map(str, lost))})", file=sys.stderr)
             elif remaining > 0:
                 optimize(study, objective, n_trials=remaining, timeout_s=spec.budget.timeout_s, progress=progress)
         except KeyboardInterrupt:
-            return build_result(study, status="interrupted")
+            return _with_stale(build_result(study, status="interrupted"), stale)
         if trial_counts(study).complete == 0:
-            return build_result(study, status="no_result")
+            return _with_stale(build_result(study, status="no_result"), stale)
         finalize(study, spec, data, artifacts_dir=Path(artifacts_dir), device=device, allow_rescore=rescore_test)
-        return build_result(study, status="completed")
+        result = _with_stale(build_result(study, status="completed"), stale)
+        from tuner.provenance import reproduction
+
+        result["reproduce"] = reproduction(spec, study.get_trials(deepcopy=False), study.user_attrs,
+                                           study_name=study.study_name)
+        return result
     finally:
         torch.set_num_threads(previous_threads)
         if tmp is not None:

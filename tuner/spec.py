@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import typing
 import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -314,7 +315,10 @@ CORE_HYPERPARAMETERS: dict[str, ParamSpec] = {
     "weight_decay": ParamSpec(low=1e-6, high=1e-2, log=True),
 }
 # Optional dimensions a job may add (they take the model's fixed values when absent).
-OPTIONAL_HYPERPARAMETERS = ("optimizer", "momentum", "n_layers", "hidden_units")
+OPTIONAL_HYPERPARAMETERS = ("optimizer", "momentum", "n_layers", "hidden_units", "init")
+# model.init's values, which search_space.init may choose from (built-in families only; the trial's value
+# replaces model.init when the model is built, see tuner.models.build_model)
+INIT_SCHEMES: tuple[str, ...] = typing.get_args(ModelSpec.model_fields["init"].annotation)
 _INTEGER_PARAMS = ("batch_size", "n_layers", "hidden_units")
 _BOUNDS: dict[str, tuple[float, float]] = {
     "lr": (0.0, 10.0),
@@ -574,6 +578,8 @@ class JobSpec(_Model):
     objective: Literal["val_loss", "accuracy", "f1_macro", "roc_auc", "mae", "mse", "r2"] = "val_loss"
     budget: BudgetSpec = Field(default_factory=BudgetSpec)
     early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec)
+    # weight decay on weight matrices/kernels only (not biases, normalisation weights), or on every parameter
+    weight_decay_on: Literal["weights", "all"] = "weights"
     pruner: PrunerSpec = Field(default_factory=PrunerSpec)
     sampler: SamplerSpec = Field(default_factory=SamplerSpec)
 
@@ -585,6 +591,10 @@ class JobSpec(_Model):
             if name not in known and self.model.kind == "plugin":
                 errors.extend(plugin_param_errors(name, p))
                 continue
+            if name == "init" and self.model.kind == "plugin":
+                errors.append("search_space.init: applies to the built-in mlp and cnn families; a plugin "
+                              "initialises its own model")
+                continue
             if name not in known:
                 errors.append(f"search_space.{name}: unknown hyperparameter (known: {', '.join(known)})")
                 continue
@@ -595,6 +605,13 @@ class JobSpec(_Model):
             if "sgd" not in (optimizers or []):
                 errors.append("search_space.momentum: only the SGD optimizer uses momentum; add 'sgd' to "
                               "search_space.optimizer (the optimizer is adam by default)")
+            elif self.sampler.kind == "grid" and set(optimizers or []) != {"sgd"}:
+                # momentum is suggested only in sgd trials; the grid tries every combination of every
+                # dimension, so each adam/adamw point would be trained once per momentum value
+                errors.append("search_space.momentum: the grid sampler tries every combination, but momentum "
+                              "applies to sgd trials only (each adam/adamw point would run once per momentum "
+                              "value); fix search_space.optimizer to 'sgd', drop momentum (sgd then uses 0.9) "
+                              "or use another sampler")
         task = self.dataset.known_task()
         if task is not None:
             errors.extend(objective_errors(self.objective, task))
@@ -765,6 +782,12 @@ def _check_param(name: str, p: ParamSpec) -> list[str]:
             return [f"{where}: give choices from {', '.join(OPTIMIZERS)}"]
         bad = [v for v in values if v not in OPTIMIZERS]
         return [f"{where}: unknown optimizer {bad[0]!r} (known: {', '.join(OPTIMIZERS)})"] if bad else []
+    if name == "init":
+        values = p.choices if p.kind == "choices" else [p.value] if p.kind == "fixed" else None
+        if values is None:
+            return [f"{where}: give choices from {', '.join(INIT_SCHEMES)}"]
+        bad = [v for v in values if not isinstance(v, str) or v not in INIT_SCHEMES]
+        return [f"{where}: unknown initialisation {bad[0]!r} (known: {', '.join(INIT_SCHEMES)})"] if bad else []
     values = p.choices if p.kind == "choices" else [p.value] if p.kind == "fixed" else [p.low, p.high]
     errors: list[str] = []
     for v in values:

@@ -23,7 +23,7 @@ from tuner.metrics import compute_metrics
 
 __all__ = [
     "EVAL_BATCH", "FitResult", "TrainConfig", "batched_roc_auc", "binary_roc_auc", "classification_metrics_t", "epoch_value", "evaluate", "f1_macro", "fit",
-    "make_optimizer", "predict_outputs", "roc_auc",
+    "is_decayed", "make_optimizer", "predict_outputs", "roc_auc",
 ]
 
 EVAL_BATCH = 8192
@@ -38,6 +38,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     optimizer: str = "adam"
     momentum: float = 0.9
+    weight_decay_on: str = "weights"  # "weights": not biases/normalisation weights (ndim <= 1); "all": every parameter
     max_epochs: int = 50
     patience: int = 5
     min_delta: float = 0.0
@@ -54,6 +55,7 @@ class TrainConfig:
             weight_decay=float(params.get("weight_decay", 0.0)),
             optimizer=str(params.get("optimizer", "adam")),
             momentum=float(params.get("momentum", 0.9)),
+            weight_decay_on=str(getattr(spec, "weight_decay_on", "weights")),
             max_epochs=spec.budget.max_epochs,
             patience=spec.early_stopping.patience,
             min_delta=spec.early_stopping.min_delta,
@@ -74,6 +76,12 @@ class FitResult:
     epochs_run: int = 0
 
 
+def is_decayed(p: torch.Tensor) -> bool:
+    """Whether weight decay applies to a parameter by default (``weight_decay_on: "weights"``): weight
+    matrices and conv kernels do; biases and normalisation weights (``ndim <= 1``) do not."""
+    return p.ndim > 1
+
+
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """Adam, AdamW or SGD with (Nesterov-free) momentum, as one fused kernel per step.
 
@@ -81,8 +89,18 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     about a third cheaper than ``foreach=True`` (a dozen multi-tensor ops) and much cheaper than torch's
     default per-parameter loop on the CPU; the updates are the same to float rounding. Where the fused
     kernel is not available (other devices, non-float parameters) the multi-tensor path is used.
+
+    Weight decay applies to the parameters :func:`is_decayed` selects (a second parameter group with
+    ``weight_decay=0`` holds biases and normalisation weights) unless ``cfg.weight_decay_on == "all"``.
     """
-    params = list(model.parameters())
+    all_params = list(model.parameters())
+    params: list[Any] = all_params
+    if cfg.weight_decay_on != "all" and cfg.weight_decay != 0:
+        groups: list[dict[str, Any]] = [
+            {"params": [p for p in all_params if is_decayed(p)]},
+            {"params": [p for p in all_params if not is_decayed(p)], "weight_decay": 0.0},
+        ]
+        params = [g for g in groups if g["params"]]
     if cfg.optimizer == "adamw":
         cls: type[torch.optim.Optimizer] = torch.optim.AdamW
         kwargs: dict[str, Any] = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
@@ -145,9 +163,29 @@ def binary_roc_auc(scores: torch.Tensor, positive: torch.Tensor) -> float:
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def _ovr_scores(proba: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """The one-vs-rest scores scikit-learn ranks in :mod:`tuner.metrics`, on ``proba``'s device: the
+    probabilities as float32 (as :func:`_as_numpy_outputs` hands them over), through
+    :func:`tuner.metrics.ovr_input` on the host, block by block (``[..., N, C]``: one fold at a time, as a
+    2-D array): softmax rows as they are, so exact ties fall as in ``roc_auc_score`` on the same
+    probabilities; other rows divided by their numpy sum. A normalisation in torch would round differently
+    and keep or break ties unlike scikit-learn's input."""
+    from tuner.metrics import ovr_input
+
+    a = proba.detach().float().cpu().numpy()
+    blocks = a.reshape(-1, *a.shape[-2:]) if a.ndim >= 3 else a[None]  # one block per fold, as metrics sees it
+    rows = None if valid is None else valid.detach().cpu().numpy().reshape(len(blocks), -1)
+    out = np.ones_like(blocks)  # padding rows (not valid) are never ranked
+    for i, block in enumerate(blocks):
+        real = slice(None) if rows is None else rows[i]
+        out[i][real] = ovr_input(block[real])
+    return torch.from_numpy(out).reshape(a.shape).to(proba.device)
+
+
 def batched_binary_roc_auc(scores: torch.Tensor, positive: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """:func:`binary_roc_auc` of every row of ``scores [R, N]`` at once (``valid`` marks the real entries
-    of padded rows): ``[R]`` float64, NaN for a row without a positive or a negative."""
+    of padded rows): ``[R]`` float64, NaN for a row without a positive or a negative. Exact ties share
+    their average rank (the scores are compared in float64, which holds float32 scores exactly)."""
     R, N = scores.shape
     s = torch.where(valid, scores.double(), torch.inf)  # padding sorts last and is masked out below
     ss, order = torch.sort(s, dim=1, stable=True)
@@ -170,26 +208,28 @@ def batched_binary_roc_auc(scores: torch.Tensor, positive: torch.Tensor, valid: 
 
 
 def batched_roc_auc(proba: torch.Tensor, y: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """:func:`roc_auc` of each fold of ``proba [A, N, C]``, ``y [A, N]`` (padded rows marked by ``valid``)."""
+    """:func:`roc_auc` of each fold of ``proba [A, N, C]``, ``y [A, N]`` (padded rows marked by ``valid``):
+    the same scores (:func:`_ovr_scores`, rows normalised one by one), so exact ties fall as in
+    scikit-learn's ``roc_auc_score`` on what :mod:`tuner.metrics` passes it."""
     A, N, C = proba.shape
     if C == 2:
-        return batched_binary_roc_auc(proba[:, :, 1], y == 1, valid)
-    p = proba / proba.sum(dim=2, keepdim=True)
+        return batched_binary_roc_auc(proba[:, :, 1].float(), y == 1, valid)
+    p = _ovr_scores(proba, valid)
     scores = p.permute(0, 2, 1).reshape(A * C, N)
     positive = (y.unsqueeze(1) == torch.arange(C, device=y.device).view(1, C, 1)).reshape(A * C, N)
     aucs = batched_binary_roc_auc(scores, positive, valid.unsqueeze(1).expand(A, C, N).reshape(A * C, N))
-    return aucs.view(A, C).mean(1)  # NaN when a class is missing, as roc_auc
+    # the mean over classes by numpy, as roc_auc and scikit-learn take it (the same rounding); NaN when a
+    # class is missing, as roc_auc
+    return torch.from_numpy(aucs.view(A, C).cpu().numpy().mean(axis=1)).to(proba.device)
 
 
 def roc_auc(proba: torch.Tensor, y: torch.Tensor) -> float:
-    """Binary: class 1's probability; multiclass: macro one-vs-rest (scikit-learn's ``roc_auc_score``)."""
+    """Binary: class 1's probability; multiclass: macro one-vs-rest (scikit-learn's ``roc_auc_score``), on
+    the scores :mod:`tuner.metrics` gives scikit-learn (float32; multiclass rows normalised by
+    :func:`_ovr_scores`), so ties fall the same way on any device."""
     if proba.shape[1] == 2:
-        return binary_roc_auc(proba[:, 1], y == 1)
-    if proba.device.type == "cpu":  # normalised exactly as tuner.metrics does it (numpy's float32 sums), so
-        a = proba.numpy()  # near-tied scores tie (or not) the same way as in scikit-learn's input
-        p = torch.from_numpy(a / a.sum(axis=1, keepdims=True))
-    else:
-        p = proba / proba.sum(dim=1, keepdim=True)  # in the outputs' dtype, as the scikit-learn path sees them
+        return binary_roc_auc(proba[:, 1].float(), y == 1)
+    p = _ovr_scores(proba)
     aucs = [binary_roc_auc(p[:, c], y == c) for c in range(p.shape[1])]
     return float(np.mean(aucs))  # NaN when a class is missing, as scikit-learn raises
 
@@ -269,13 +309,15 @@ def epoch_value(
         raise ValueError(f"objective {objective} does not fit a regression task")
 
 
-def improved(value: float, best: float | None, cfg: TrainConfig) -> bool:
-    """Whether ``value`` beats ``best`` by more than ``min_delta`` in the objective's direction."""
+def improved(value: float, best: float | None, cfg: TrainConfig, min_delta: float | None = None) -> bool:
+    """Whether ``value`` beats ``best`` by more than ``min_delta`` (default ``cfg.min_delta``) in the
+    objective's direction."""
     if best is None:
         return True
+    delta = cfg.min_delta if min_delta is None else min_delta
     if cfg.direction == "minimize":
-        return value < best - cfg.min_delta
-    return value > best + cfg.min_delta
+        return value < best - delta
+    return value > best + delta
 
 
 def fit(
@@ -292,6 +334,10 @@ def fit(
     target_scale: float = 1.0,
 ) -> FitResult:
     """Train up to ``cfg.max_epochs``; with ``val``, stop after ``patience`` epochs without improvement.
+
+    Early stopping: ``patience`` counts the epochs since the last improvement by more than
+    ``cfg.min_delta`` (over the value of that improvement); the kept weights, best epoch, best value and
+    outputs are those of the best value observed (any improvement, however small).
 
     Each epoch computes only the objective (``cfg.objective``) on ``val``, in torch on the device (see
     :func:`epoch_value`), and passes it to ``on_epoch(epoch, value)``, which may raise (pruning). The
@@ -313,7 +359,8 @@ def fit(
     live_state: list[torch.Tensor] = []
     best_out: torch.Tensor | None = None
     best_loss = float("nan")
-    since_best = 0
+    reference: float | None = None  # the value of the last improvement by more than min_delta (patience)
+    since_improvement = 0
     batch_rows: torch.Tensor | None = None  # rows per batch, to weight the batch losses into the epoch's mean
     for epoch in range(1, cfg.max_epochs + 1):
         if should_stop():
@@ -349,7 +396,7 @@ def fit(
         if not math.isfinite(value):
             raise TrialConfigError(f"validation {cfg.objective} is {value} at epoch {epoch}")
         result.val_curve.append(value)
-        if improved(value, result.best_value, cfg):
+        if improved(value, result.best_value, cfg, 0.0):  # the best observed: its weights are kept
             result.best_epoch, result.best_value = epoch, value
             best_out, best_loss = out, val_loss
             if best_state is None:
@@ -359,12 +406,13 @@ def fit(
             else:
                 for kept, p in zip(best_state, live_state, strict=True):
                     kept.copy_(p.detach())
-            since_best = 0
+        if improved(value, reference, cfg):  # a real improvement (by more than min_delta): patience restarts
+            reference, since_improvement = value, 0
         else:
-            since_best += 1
+            since_improvement += 1
         if on_epoch is not None:
             on_epoch(epoch, value)
-        if since_best >= cfg.patience:
+        if since_improvement >= cfg.patience:
             break
     if val is None:
         result.best_epoch = result.epochs_run

@@ -77,6 +77,10 @@ def json_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 # ------------------------------------------------------------------------------------------ body limit
+# ``(bytes, allowance)``, or one such pair per media type of the body (``"*"``: any other type).
+BodyLimit = tuple[int, int] | Mapping[str, tuple[int, int]]
+
+
 class BodyTooLarge(HTTPException):
     """Raised from ``receive`` as soon as a body passes its limit (an HTTPException, so FastAPI re-raises it)."""
 
@@ -90,14 +94,16 @@ class BodyLimitMiddleware:
     """Refuse a request body past its route's limit while it streams in, before it is spooled or parsed.
 
     ``limits`` maps ``(method, path)`` to ``(bytes, allowance)``: the body may be ``bytes + allowance``
-    long (the allowance covers multipart framing); every other request gets ``default``. A path may be a
-    route template (``/jobs/{job_id}/predict``): each ``{...}`` matches one path segment. A
-    ``Content-Length`` over it is refused without reading; otherwise bytes are counted message by message
-    and reading stops with 413 past it.
+    long (the allowance covers multipart framing); every other request gets ``default``. A route whose
+    limit depends on the body's media type maps to ``{media type: (bytes, allowance)}`` instead, with
+    ``"*"`` for any other type (``/jobs/{id}/predict``: a multipart file gets the upload limit, JSON the
+    JSON limit). A path may be a route template (``/jobs/{job_id}/predict``): each ``{...}`` matches one
+    path segment. A ``Content-Length`` over it is refused without reading; otherwise bytes are counted
+    message by message and reading stops with 413 past it.
     """
 
     def __init__(
-        self, app: ASGIApp, limits: Mapping[tuple[str, str], tuple[int, int]], default: tuple[int, int] | None = None
+        self, app: ASGIApp, limits: Mapping[tuple[str, str], BodyLimit], default: tuple[int, int] | None = None
     ) -> None:
         self.app = app
         self.limits = {key: v for key, v in limits.items() if "{" not in key[1]}
@@ -107,24 +113,34 @@ class BodyLimitMiddleware:
         ]
         self.default = default
 
-    def _limit(self, method: str, path: str) -> tuple[int, int] | None:
+    def _limit(self, method: str, path: str, scope_headers: list[tuple[bytes, bytes]]) -> tuple[int, int] | None:
         path = path.rstrip("/") or "/"
-        if (method, path) in self.limits:
-            return self.limits[(method, path)]
-        for m, pattern, value in self.templates:
-            if m == method and pattern.fullmatch(path):
-                return value
-        return self.default
+        value: BodyLimit | None = self.limits.get((method, path))
+        if value is None:
+            for m, pattern, candidate in self.templates:
+                if m == method and pattern.fullmatch(path):
+                    value = candidate
+                    break
+            else:
+                return self.default
+        if isinstance(value, Mapping):
+            # the first Content-Type, as the route reads it (Starlette's ``headers.get``)
+            content_type = next((v for k, v in scope_headers if k == b"content-type"), b"")
+            media = content_type.split(b";", 1)[0].strip().lower().decode("latin-1")
+            return value.get(media, value.get("*", self.default))
+        return value
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         entry = None
+        headers: dict[bytes, bytes] = {}
         if scope["type"] == "http":
-            entry = self._limit(scope["method"], scope["path"])
+            headers = dict(scope["headers"])
+            entry = self._limit(scope["method"], scope["path"], scope["headers"])
         if entry is None:
             await self.app(scope, receive, send)
             return
         limit = entry[0] + entry[1]
-        length = dict(scope["headers"]).get(b"content-length", b"")
+        length = headers.get(b"content-length", b"")
         if length.isdigit() and int(length) > limit:
             await _json_error(BodyTooLarge(limit, entry[1]), scope, send)
             return
@@ -163,7 +179,7 @@ async def _json_error(exc: HTTPException, scope: Scope, send: Send) -> None:
 
 # -------------------------------------------------------------------------------------------- handlers
 def install_error_handlers(
-    app: FastAPI, *, body_limits: Mapping[tuple[str, str], tuple[int, int]], default_body_limit: tuple[int, int]
+    app: FastAPI, *, body_limits: Mapping[tuple[str, str], BodyLimit], default_body_limit: tuple[int, int]
 ) -> None:
     """Register the JSON handlers for HTTP errors, database outages and bugs, and the body limits."""
 

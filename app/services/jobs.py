@@ -52,7 +52,9 @@ def create_job(session: Session, spec: JobSpec, *, principal: Principal) -> Job:
                            "set it to 'mean' or 'median'")))
         if errors:
             raise FieldErrors(errors)
-        spec = spec.model_copy(update={"dataset": ds.model_copy(update={"target": dataset.target, "task": task})})
+        # the upload's task (inferred from every row) only checks the objective here; unless the user pinned it,
+        # the engine infers it again from the non-test rows (no test row decides it)
+        spec = spec.model_copy(update={"dataset": ds.model_copy(update={"target": dataset.target})})
     job_id = str(uuid.uuid4())
     job = Job(
         id=job_id,

@@ -1,7 +1,9 @@
 """One bundle with everything a finished job produced and everything needed to reproduce it.
 
 Answered once the job has finished (succeeded, failed or cancelled; 409 before): a failed or cancelled
-job has no test section, and no best trial when none completed.
+job has no test section, and no best trial when none completed. ``reproduce`` is the ``tuner run``
+command (and the spec file it reads) that repeats the job, and whether it repeats it exactly
+(:func:`tuner.provenance.reproduction`).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import math
 import re
 from collections import Counter
 from functools import lru_cache
+from pathlib import PurePath
 from typing import Any
 
 import numpy as np
@@ -24,7 +27,7 @@ from app.services.jobs import get_job
 from app.services.tenancy import Principal
 from app.studies import load_study
 from tuner.data import load_dataset
-from tuner.provenance import dataset_fingerprint, package_versions, seeds, split_recipe
+from tuner.provenance import dataset_fingerprint, package_versions, reproduction, seeds, split_recipe
 from tuner.runner import trial_counts
 from tuner.spec import JobSpec
 
@@ -89,7 +92,33 @@ def _best(study: optuna.Study, spec: JobSpec, attrs: dict[str, Any]) -> tuple[Fr
         "best_epoch": ua.get("best_epoch"),
         "final_epochs": attrs.get("best_epoch"),
         "val_metrics": ua.get("val_metrics"),
+        "val_metrics_folds": ua.get("val_metrics_folds"),
     }
+
+
+def _reproduce(session: Session, job: Job, spec: JobSpec, trials: list[FrozenTrial],
+               attrs: dict[str, Any]) -> dict[str, Any]:
+    """``tuner run`` command, the spec file it reads and the data file an upload needs beside it."""
+    not_finished = None
+    if job.status == "failed":
+        not_finished = f"the job failed ({job.error})" if job.error else "the job failed"
+    elif job.status != "succeeded":
+        not_finished = f"the job was {job.status}"
+    out = reproduction(spec, trials, attrs, study_name=job.study_name, not_finished=not_finished)
+    run_spec = dict(job.spec)
+    data_file = None
+    if spec.dataset.id is not None:  # tuner run reads a file: the upload's copy, named as uploaded
+        row = session.get(Dataset, job.dataset_id) if job.dataset_id else None
+        fmt = row.format if row is not None else "csv"
+        name = PurePath(row.filename).name if row is not None else ""
+        if PurePath(name).suffix.lower() not in (".csv", ".parquet", ".pq"):
+            name = f"data.{fmt}"
+        run_spec["dataset"] = {**{k: v for k, v in dict(job.spec.get("dataset") or {}).items() if k != "id"},
+                               "path": name}
+        data_file = {"name": name, "sha256": row.sha256 if row is not None else None, "dataset_id": spec.dataset.id}
+    return {**out, "spec": run_spec, "data_file": data_file,
+            "how": "save `spec` as spec.json (an upload: its file as `data_file.name` beside it, checked against "
+                   "`data_file.sha256`) and run `command` in that directory"}
 
 
 def result_bundle(
@@ -137,5 +166,6 @@ def result_bundle(
             "by_state": trial_counts(study).as_dict() if study is not None else {},
             "by_failure_cause": dict(Counter(failure_cause(t, retried) for t in trials if t.state == TrialState.FAIL)),
         },
+        "reproduce": _reproduce(session, job, spec, trials, attrs),
         "spec": job.spec,
     }

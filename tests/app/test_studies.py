@@ -98,3 +98,17 @@ def test_trial_page_reads_in_a_bounded_number_of_queries(settings: Settings) -> 
         assert len(page) == limit
         counts.append(sum(st.lstrip().upper().startswith("SELECT") for st in statements))
     assert counts[0] == counts[1] <= 9  # study id, total, page ids, trials, then 5 batched child tables
+
+
+def test_trial_dict_says_how_many_folds_defined_a_metric():
+    import optuna
+
+    from app.schemas import TrialPublic
+    from app.studies import trial_dict
+
+    t = optuna.trial.create_trial(value=0.5, user_attrs={"val_metrics": {"roc_auc": None, "accuracy": 0.9},
+                                                          "val_metrics_folds": {"roc_auc": 3}})
+    d = trial_dict(t)
+    assert d["val_metrics"]["roc_auc"] is None and d["val_metrics_folds"] == {"roc_auc": 3}
+    assert TrialPublic.model_validate(d).val_metrics_folds == {"roc_auc": 3}
+    assert trial_dict(optuna.trial.create_trial(value=0.5))["val_metrics_folds"] is None

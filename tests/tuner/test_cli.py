@@ -100,3 +100,69 @@ def test_parser_is_extensible() -> None:
     sub.add_parser("serve")  # the service adds its own subcommands
     args = parser.parse_args(["run", "x.json", "--threads", "3"])
     assert args.threads == 3 and args.storage == "sqlite:///runs.db" and args.artifacts == Path("artifacts")
+
+
+def test_resume_after_sigkill_fails_the_killed_trial_and_runs_the_exact_budget(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A ``tuner run`` killed with SIGKILL mid-trial leaves it RUNNING; the resume fails it (interrupted: it does
+    not use up the budget), says so on stderr and in the result, and ends with n_trials counted, none running."""
+    import os
+    import signal
+    import time
+
+    import optuna
+    from optuna.trial import TrialState
+
+    from tuner.runner import fail_orphaned_trials
+
+    spec = tmp_path / "slow.json"
+    spec.write_text(json.dumps({
+        "name": "slow", "dataset": {"builtin": "iris"}, "model": {"hidden": [16]},
+        "search_space": {"lr": {"low": 1e-3, "high": 1e-2, "log": True}, "batch_size": {"choices": [4]}},
+        "budget": {"n_trials": 2, "max_epochs": 40}, "early_stopping": {"patience": 1000},
+        "pruner": {"kind": "none"}, "sampler": {"kind": "random", "seed": 3},
+    }))
+    storage = f"sqlite:///{tmp_path / 'r.db'}"
+    args = ["run", str(spec), "--storage", storage, "--artifacts", str(tmp_path / "art"), "--jobs", "1",
+            "--threads", "1"]
+    proc = subprocess.Popen([sys.executable, "-m", "tuner", *args, "--quiet"], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        running = None
+        while running is None and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+            try:
+                study = optuna.load_study(study_name="slow", storage=storage)
+            except KeyError:
+                continue
+            trials = study.get_trials(deepcopy=False)
+            if any(t.state == TrialState.COMPLETE for t in trials):
+                running = next((t for t in trials if t.state == TrialState.RUNNING and "owner" in t.system_attrs),
+                               None)
+        assert running is not None, proc.stderr.read().decode() if proc.poll() is not None else "no trial started"
+        assert running.system_attrs["owner"]["pid"] == proc.pid
+        assert fail_orphaned_trials(study) == []  # its process is alive: a second tuner run leaves it alone
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+    assert study._storage.get_trial(running._trial_id).state == TrialState.RUNNING  # left behind by the kill
+    capsys.readouterr()
+    assert main([*args, "--quiet"]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert result["stale_trials_failed"] == [running.number]
+    assert f"1 stale running trial(s) failed (#{running.number})" in captured.err
+    counts = result["counts"]
+    assert counts["running"] == 0 and counts["failed"] == 1
+    assert counts["counted"] == counts["complete"] == 2  # the killed trial was replaced, not counted
+    t = study._storage.get_trial(running._trial_id)
+    assert t.state == TrialState.FAIL and t.system_attrs["interrupted"] is True
+    assert t.system_attrs["failure"] == "interrupted"
+    assert result["reproduce"]["exact"] is False  # a resumed search: not the one a fresh run makes
+    assert result["reproduce"]["argv"][2] == str(spec)

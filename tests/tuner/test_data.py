@@ -164,3 +164,88 @@ def test_take_test_counts_accesses(make_spec) -> None:
     assert not hasattr(data, "test")
     data.take_test()
     assert data.test_access_count == 1
+
+
+# ------------------------------------------------ issue 19: labels by value, kinds by the training part's values
+def test_canonical_labels_compare_by_value_and_order_numbers_before_text() -> None:
+    from tuner.data import canonical_label
+
+    assert [canonical_label(v) for v in ("1", 1, 1.0, np.int64(1), " 1.0", "1e0")] == [1] * 6
+    assert [type(canonical_label(v)) for v in ("2.5", np.float32(2.5), -3.0, "007")] == [float, float, int, int]
+    assert [canonical_label(v) for v in (True, np.bool_(False), "true", "FALSE")] == ["True", "False", "True", "False"]
+    assert [canonical_label(v) for v in ("?", "nan", "inf", float("inf"), "1_000", "")] == \
+        ["?", "nan", "inf", "inf", "1_000", ""]
+    assert [canonical_label(v) for v in (None, float("nan"), np.nan, pd.NA)] == [None] * 4
+    assert infer_task(np.array(["1", "2", "3"], dtype=object)) == "classification"
+    assert infer_task(np.array([0.5, "?", 1.5, 2.25], dtype=object)) == "regression"  # one token among numbers
+    assert infer_task(np.array(["cat", "dog", "2.5"], dtype=object)) == "classification"  # mostly text
+    assert infer_task(np.array([True, False])) == "classification"
+
+
+def test_class_list_is_numbers_in_numeric_order_then_text(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    labels = np.array(["10", "2", "b", "a", "1.5", "2.0", "-1"] * 10, dtype=object)
+    pd.DataFrame({"x": rng.normal(size=70), "label": labels}).to_csv(tmp_path / "m.csv", index=False)
+    data = prepare_data(_csv_spec(tmp_path / "m.csv", dataset={"path": str(tmp_path / "m.csv"), "target": "label",
+                                                               "task": "classification"}))
+    assert data.classes == [-1, 1.5, 2, 10, "a", "b"]  # "2" and "2.0" are one class
+    assert [type(c) for c in data.classes] == [int, float, int, int, str, str]
+    assert np.bincount(data.dev_y).sum() == len(data.splits.dev)
+
+
+@pytest.mark.parametrize("builtin", ["iris", "digits", "wine", "breast_cancer"])
+@pytest.mark.parametrize("validation", [{"kind": "holdout", "fraction": 0.25}, {"kind": "kfold", "k": 4}])
+def test_stratified_splits_are_the_ones_raw_labels_gave(make_spec, builtin: str, validation: dict) -> None:
+    """The stratification key is integer codes in the label order np.unique gave before (issue 19): the
+    same test rows and folds for builtin (int) labels, their text names and booleans."""
+    from sklearn import datasets as skdatasets
+    from sklearn.model_selection import StratifiedKFold, train_test_split
+
+    y = getattr(skdatasets, f"load_{builtin}")().target
+
+    def old_split(key: np.ndarray, seed: int) -> tuple[np.ndarray, list[np.ndarray]]:
+        dev, test = train_test_split(np.arange(len(key)), test_size=0.2, random_state=seed, stratify=key)
+        dev = np.sort(dev)
+        if validation["kind"] == "holdout":
+            _, va = train_test_split(np.arange(len(dev)), test_size=0.25, random_state=seed, stratify=key[dev])
+            return np.sort(test), [np.sort(va)]
+        skf = StratifiedKFold(n_splits=4, shuffle=True, random_state=seed)
+        return np.sort(test), [np.sort(va) for _, va in skf.split(np.zeros(len(dev)), key[dev])]
+
+    for seed in (0, 7):
+        data = prepare_data(make_spec(dataset={"builtin": builtin}, split={"seed": seed, "validation": validation}))
+        test, vals = old_split(y, seed)
+        np.testing.assert_array_equal(data.splits.test, test)
+        for (_, va), expected in zip(data.splits.folds, vals, strict=True):
+            np.testing.assert_array_equal(va, expected)
+    # text labels ("class_10" sorts before "class_2", as np.unique on strings did) and booleans
+    from tuner.data import _codes, _label_key, split_indices
+
+    for key in (np.array([f"class_{v}" for v in y], dtype=object), y == y.max()):
+        labels = np.array([str(v) if isinstance(v, str) else ("True" if v else "False") for v in key], dtype=object)
+        codes = _codes(labels, sorted(set(labels.tolist()), key=_label_key))
+        spec = make_spec(dataset={"builtin": builtin}, split={"seed": 3, "validation": validation})
+        got = split_indices(spec, codes, "classification")
+        expected_test, expected_vals = old_split(np.asarray(key).astype(str), 3)
+        np.testing.assert_array_equal(got.test, expected_test)
+        for (_, va), expected in zip(got.folds, expected_vals, strict=True):
+            np.testing.assert_array_equal(va, expected)
+
+
+def test_column_kinds_follow_the_values_not_the_dtype() -> None:
+    from tuner.data import column_kinds
+
+    n = 6
+    frame = pd.DataFrame({
+        "flag_bool": [True, False] * 3,
+        "flag_object": pd.Series([True, False, True, True, False, True], dtype=object),  # the file had a NaN
+        "flag_text": ["True", "false", "TRUE", "False", "true", "False"],  # the file had a token
+        "num_text": pd.Series(["1.5", "2", "-3e2", "4", "5", "6"], dtype=object),
+        "date": [f"2024-01-0{i}" for i in range(1, n + 1)],
+        "colour": ["red", "blue"] * 3,
+    })
+    numeric, categories = column_kinds(frame)
+    assert numeric == ["num_text"]
+    assert categories == {"flag_bool": ["False", "True"], "flag_object": ["False", "True"],
+                          "flag_text": ["False", "True"], "date": sorted(frame["date"]),
+                          "colour": ["blue", "red"]}

@@ -153,3 +153,39 @@ def test_model_init_is_for_builtin_families() -> None:
     with pytest.raises(SpecError) as exc:
         parse_spec({"name": "p", "dataset": {"builtin": "iris"}, "model": {"init": "lecun"}})
     assert any(e.startswith("model.init") for e in exc.value.errors), exc.value.errors
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_a_trials_init_replaces_model_init(kind: str) -> None:
+    """``search_space.init``: the trial's ``init`` param builds exactly what ``model.init`` would, whatever
+    ``model.init`` says; without the param, ``model.init`` applies as before."""
+    extra = {"kind": "cnn", "channels": [4], "hidden": [16]} if kind == "cnn" else {"hidden": [32, 16]}
+    shape = (1, 8, 8) if kind == "cnn" else None
+
+    def weights(spec: ModelSpec, params: dict) -> list[torch.Tensor]:
+        torch.manual_seed(3)
+        model = build_model(spec, {"dropout": 0.0, **params}, 64, 10, input_shape=shape)
+        return [p.detach().clone() for p in model.parameters()]
+
+    for init in ("auto", "he", "xavier", "glorot", "torch"):
+        as_option = weights(ModelSpec(**extra, init=init), {})
+        for base in ("auto", "he", "torch"):
+            as_param = weights(ModelSpec(**extra, init=base), {"init": init})
+            assert all(torch.equal(a, b) for a, b in zip(as_option, as_param, strict=True)), (init, base)
+    he, torch_default = weights(ModelSpec(**extra), {"init": "he"}), weights(ModelSpec(**extra), {"init": "torch"})
+    assert not torch.equal(he[0], torch_default[0])
+    assert all(torch.equal(a, b) for a, b in zip(weights(ModelSpec(**extra, init="torch"), {}), torch_default,
+                                                 strict=True))
+
+
+def test_the_lockstep_stack_follows_the_trials_init() -> None:
+    """tuner.batched builds each fold's model through build_model: the stack starts from the trial's init."""
+    from tuner.batched import StackedMLP
+
+    spec = ModelSpec(hidden=[400])  # model.init auto: He
+    torch.manual_seed(0)
+    folds = [build_model(spec, {"init": "torch"}, 1000, 2) for _ in range(2)]
+    stacked = StackedMLP(folds)
+    # PyTorch's own init: uniform biases, weights with a 1/sqrt(3 fan_in) spread (He's is sqrt(2/fan_in))
+    assert float(stacked.biases[0].detach().abs().max()) > 0.0
+    assert float(stacked.weights[0].detach().std()) == pytest.approx(1.0 / math.sqrt(3 * 1000), rel=0.03)

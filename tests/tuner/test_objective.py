@@ -281,3 +281,141 @@ def test_sampler_seed_is_recorded_only_for_the_seeded_study(make_spec) -> None:
     optimize(a, objective, n_trials=1, timeout_s=None)
     optimize(b, objective, n_trials=1, timeout_s=None)
     assert "sampler_seed" in a.trials[0].system_attrs and "sampler_seed" not in b.trials[0].system_attrs
+
+
+# ------------------------------------------------------------------ K-fold metric means (issue 19)
+def test_mean_metrics_is_null_unless_every_fold_defined_the_metric() -> None:
+    from tuner.objective import mean_metrics
+
+    folds = [{"loss": 0.5, "accuracy": 0.8, "roc_auc": 0.9}, {"loss": 0.7, "accuracy": 0.6, "roc_auc": None},
+             {"loss": 0.6, "accuracy": 0.7, "roc_auc": 0.7}, {"loss": 0.4, "accuracy": 0.9, "roc_auc": float("nan")},
+             {"loss": 0.3, "accuracy": 1.0, "roc_auc": 0.8}]
+    means = mean_metrics(folds)
+    assert dict(means) == {"loss": pytest.approx(0.5), "accuracy": pytest.approx(0.8), "roc_auc": None}
+    assert means.folds == {"roc_auc": 3}  # 3 of the 5 folds defined it: not averaged over those 3
+    whole = mean_metrics([f | {"roc_auc": 0.5 + i / 10} for i, f in enumerate(folds)])
+    assert whole["roc_auc"] == pytest.approx(0.7) and whole.folds == {}
+    # a key missing from the first fold still counts; a fold without metrics defines none
+    assert mean_metrics([{"loss": 1.0}, {"loss": 2.0, "r2": 0.5}]).folds == {"r2": 1}
+    assert mean_metrics([{"loss": 1.0}, None]).folds == {"loss": 1}
+
+
+@pytest.mark.parametrize("lockstep", [True, False])
+def test_kfold_trial_records_how_many_folds_defined_a_null_mean(make_spec, monkeypatch, lockstep: bool) -> None:
+    """ROC-AUC undefined in folds 0 and 2 of 3: ``val_metrics.roc_auc`` is null (not the one fold's value)
+    and ``val_metrics_folds`` says 1 fold defined it; the other metrics are the 3 folds' means. A trial
+    whose folds define everything has no ``val_metrics_folds``. Lockstep and fold-after-fold alike."""
+    from tuner import batched, objective, training
+
+    calls: list[int] = []
+
+    def undefined_in_even_folds(real):  # type: ignore[no-untyped-def]
+        def wrapped(*args, **kwargs):  # type: ignore[no-untyped-def]
+            out = dict(real(*args, **kwargs))
+            if len(calls) % 3 in (0, 2) and len(calls) < 3:
+                out["roc_auc"] = None
+            calls.append(1)
+            return out
+        return wrapped
+
+    if lockstep:
+        monkeypatch.setattr(batched, "classification_metrics_t", undefined_in_even_folds(training.classification_metrics_t))
+    else:
+        monkeypatch.setattr(batched, "can_batch", lambda *a, **k: False)
+        monkeypatch.setattr(objective, "compute_metrics", undefined_in_even_folds(objective.compute_metrics))
+    spec = make_spec(split={"validation": {"kind": "kfold", "k": 3}}, pruner=NEVER_PRUNE)
+    study = _study(spec)
+    optimize(study, Objective(spec, prepare_data(spec)), n_trials=2, timeout_s=None)
+    first, second = study.trials
+    assert len(calls) == 6
+    assert first.user_attrs["val_metrics"]["roc_auc"] is None
+    assert first.user_attrs["val_metrics_folds"] == {"roc_auc": 1}
+    assert type(first.user_attrs["val_metrics"]) is dict
+    assert first.user_attrs["val_metrics"]["loss"] is not None
+    assert second.user_attrs["val_metrics"]["roc_auc"] is not None and "val_metrics_folds" not in second.user_attrs
+
+
+# -------------------------------------------------------------------- conditional momentum (issue 19)
+def _asked(spec, n: int) -> list[tuple[dict, optuna.trial.FrozenTrial]]:
+    from tuner.objective import suggest_params
+
+    study = open_study(spec, None)
+    out = []
+    for _ in range(n):
+        trial = study.ask()
+        params = suggest_params(trial, spec)
+        study.tell(trial, float(len(out) % 5))
+        out.append((params, study.trials[-1]))
+    return out
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe", "qmc"])
+def test_momentum_is_sampled_only_for_sgd_trials(make_spec, sampler: str) -> None:
+    """Whatever the spec's order (momentum listed before optimizer here): an adam/adamw trial stores no
+    momentum, an sgd trial does; the service's importance then leaves momentum out (not in every trial)."""
+    spec = make_spec(search_space={"momentum": {"low": 0.5, "high": 0.99},
+                                   "optimizer": {"choices": ["adam", "sgd", "adamw"]}},
+                     sampler={"kind": sampler, "seed": 0})
+    runs = _asked(spec, 24)
+    optimizers = [t.params["optimizer"] for _, t in runs]
+    assert {"adam", "sgd", "adamw"} <= set(optimizers)
+    for params, t in runs:
+        if t.params["optimizer"] == "sgd":
+            assert 0.5 <= t.params["momentum"] <= 0.99 and params["momentum"] == t.params["momentum"]
+        else:
+            assert "momentum" not in t.params and "momentum" not in params and "momentum" not in t.distributions
+    # the service's importance (fANOVA, over the dimensions every trial has) no longer credits momentum
+    study = optuna.create_study()
+    study.add_trials([t for _, t in runs])
+    importances = optuna.importance.get_param_importances(
+        study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+    assert "momentum" not in importances and "optimizer" in importances
+
+
+def test_sgd_without_a_momentum_dimension_trains_with_the_default(make_spec) -> None:
+    spec = make_spec(search_space={"optimizer": {"value": "sgd"}})
+    ((params, t),) = _asked(spec, 1)
+    assert params["momentum"] == 0.9 and "momentum" not in t.params  # the training default, not a dimension
+
+
+def test_suggestion_order_moves_only_the_optimizer_ahead_of_momentum(make_spec) -> None:
+    from tuner.objective import _suggestion_order
+
+    def order(space):  # type: ignore[no-untyped-def]
+        return [n for n, _ in _suggestion_order(make_spec(search_space=space).effective_search_space())]
+
+    core = ["lr", "dropout", "batch_size", "weight_decay"]
+    assert order({"n_layers": {"value": 1}, "optimizer": {"choices": ["adam"]}}) == [*core, "n_layers", "optimizer"]
+    assert order({"momentum": {"value": 0.9}, "n_layers": {"value": 1}, "optimizer": {"choices": ["sgd"]}}) == [
+        *core, "optimizer", "momentum", "n_layers"]
+    assert order({"optimizer": {"choices": ["sgd"]}, "momentum": {"value": 0.9}}) == [*core, "optimizer", "momentum"]
+
+
+# ------------------------------------------------------------------ init as a search dimension (issue 19)
+@pytest.mark.parametrize("validation", [{"kind": "holdout", "fraction": 0.25}, {"kind": "kfold", "k": 3}])
+def test_init_dimension_reaches_every_model_built_and_the_saved_model(make_spec, tmp_path, monkeypatch,
+                                                                     validation: dict) -> None:
+    """Each trial's models (holdout, or every fold of the lockstep K-fold) are initialised with the trial's
+    ``init``; so is the final model (holdout: re-trained or loaded; K-fold: the refit); the result and the
+    saved model carry it in their params."""
+    import tuner
+    from tuner import models
+    from tuner.runner import run
+
+    seen: list[str] = []
+    real = models.init_weights
+    monkeypatch.setattr(models, "init_weights", lambda m, activation, init="auto": (seen.append(init),
+                                                                                     real(m, activation, init))[1])
+    spec = make_spec(search_space={"init": {"choices": ["he", "glorot", "torch"]}}, split={"validation": validation},
+                     budget={"n_trials": 4, "max_epochs": 2, "timeout_s": 60}, sampler={"kind": "random", "seed": 3})
+    url = f"sqlite:///{tmp_path}/i.db"
+    result = run(spec, storage=url, artifacts_dir=tmp_path / "art", progress=False)
+    trials = optuna.load_study(study_name=spec.name, storage=url).trials
+    per_trial = 3 if validation["kind"] == "kfold" else 1
+    inits = [t.params["init"] for t in trials]
+    assert len(set(inits)) > 1 and set(inits) <= {"he", "glorot", "torch"}
+    assert seen[: per_trial * len(trials)] == [i for i in inits for _ in range(per_trial)]
+    best = result["best_trial"]["params"]["init"]
+    assert seen[per_trial * len(trials):] in ([], [best])  # the K-fold refit / a holdout re-training
+    loaded = tuner.load_model(result["model_path"])
+    assert loaded.params["init"] == best and seen[-1] == best

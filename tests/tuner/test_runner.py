@@ -194,3 +194,152 @@ def test_cuda_device_run(make_spec, tmp_path: Path) -> None:
     spec = make_spec(name="gpu-holdout")
     result = run(spec, artifacts_dir=tmp_path, progress=False, device="cuda")
     assert result["status"] == "completed"
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_resume_fails_the_running_trials_of_dead_processes_only(make_spec, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """RUNNING trials whose process died (SIGKILL) end FAIL as interrupted when ``tuner run`` resumes and are
+    replaced (n_trials stays exact); a live process's trials, another host's and a just-created one stay."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from optuna.trial import TrialState
+
+    from tuner.runner import _proc_stat, _process_start, fail_orphaned_trials, process_owner
+
+    storage = f"sqlite:///{tmp_path / 'runs.db'}"
+    spec = make_spec(budget={"n_trials": 3})
+    study = open_study(spec, storage)
+    host = socket.gethostname()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    zombie = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    zombie_started = _process_start(zombie.pid)
+    zombie.kill()  # killed, not reaped: its pid still answers
+    try:
+        owners = {
+            "dead": {"host": host, "pid": _dead_pid(), "started": None},
+            "zombie": {"host": host, "pid": zombie.pid, "started": zombie_started},
+            "reused": {"host": host, "pid": live.pid, "started": -1},  # the pid now names another process
+            "live": {"host": host, "pid": live.pid, "started": _process_start(live.pid)},
+            "self": process_owner(),  # this process: e.g. a second tuner run on the same study
+            "other-host": {"host": host + "-elsewhere", "pid": _dead_pid(), "started": None},
+        }
+        trials = {}
+        for name, owner in owners.items():
+            t = study.ask()
+            study._storage.set_trial_system_attr(t._trial_id, "owner", owner)
+            trials[name] = t.number
+        old_style = study.ask()  # only the Objective's user attr "worker" (host:pid)
+        old_style.set_user_attr("worker", f"{host}:{_dead_pid()}")
+        trials["old-style"] = old_style.number
+        trials["just-created"] = study.ask().number  # its owner is about to be written: left alone
+        for _ in range(50):  # until the kill has landed
+            if _proc_stat(zombie.pid) is None or _proc_stat(zombie.pid)[0] in "ZX":
+                break
+            time.sleep(0.05)
+        stale = ["dead", "zombie", "reused", "old-style"]
+        assert sorted(fail_orphaned_trials(study)) == sorted(trials[name] for name in stale)
+        assert fail_orphaned_trials(study) == []  # once
+        by_number = {t.number: t for t in study.trials}
+        for name in stale:
+            t = by_number[trials[name]]
+            assert t.state == TrialState.FAIL and t.system_attrs["interrupted"] is True
+            assert t.system_attrs["failure"] == "interrupted" and t.user_attrs["fail_reason"].startswith("interrupted:")
+        for name in ("live", "self", "other-host", "just-created"):
+            assert by_number[trials[name]].state == TrialState.RUNNING
+        counts = trial_counts(study)
+        assert (counts.failed, counts.running, counts.counted) == (4, 4, 0)  # interrupted: not counted
+    finally:
+        for proc in (live, zombie):
+            proc.kill()
+            proc.wait()
+    # the live process has ended now: a resume fails its trial too, and runs the whole budget
+    capsys.readouterr()
+    result = run(spec, storage=storage, artifacts_dir=tmp_path / "art", progress=False, num_threads=1)
+    assert result["stale_trials_failed"] == [trials["live"]]
+    assert "1 stale running trial(s) failed" in capsys.readouterr().err
+    assert result["status"] == "completed" and result["counts"]["complete"] == 3 == result["counts"]["counted"]
+    assert result["counts"]["failed"] == 5 and result["counts"]["running"] == 3  # this process, another host, new
+    assert result["reproduce"]["exact"] is False  # trials of several processes
+
+
+def test_run_result_says_how_to_reproduce_it(make_spec, tmp_path: Path) -> None:
+    spec = make_spec(budget={"n_trials": 2})
+    result = run(spec, storage=f"sqlite:///{tmp_path / 'a.db'}", artifacts_dir=tmp_path / "art", progress=False,
+                 num_threads=1)
+    rep = result["reproduce"]
+    assert rep["exact"] is True, rep["why"]
+    assert rep["command"] == ("tuner run spec.json --jobs 1 --threads 1 --device cpu "
+                              "--storage sqlite:///reproduce.db --study-name tiny")
+    assert result["stale_trials_failed"] == []
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'a.db'}")
+    assert study.user_attrs["scored_with"] == {"device": "cpu", "torch_threads": 1}
+    assert {t.system_attrs["torch_threads"] for t in study.trials} == {1}
+    # a resume with a bigger budget re-seeds the sampler: not the search one fresh run makes
+    resumed = run(make_spec(budget={"n_trials": 3}), storage=f"sqlite:///{tmp_path / 'a.db'}",
+                  artifacts_dir=tmp_path / "art", progress=False, num_threads=1, rescore_test=True)
+    assert resumed["reproduce"]["exact"] is False
+    assert "the sampler was seeded 2 times" in resumed["reproduce"]["why"]
+
+
+def test_reproduction_says_when_a_search_cannot_repeat_exactly(make_spec) -> None:
+    from datetime import datetime, timedelta
+
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState, create_trial
+
+    from tuner.provenance import reproduction
+    from tuner.runner import sampler_seed
+
+    spec = make_spec(budget={"n_trials": 3})
+    t0 = datetime(2026, 1, 1, 12)
+
+    def trial(n: int, *, start: int, seconds: int = 1, worker: str = "h:1", device: str = "cpu", threads=2,
+              seed: int | None = sampler_seed(1, None, 0), state=TrialState.COMPLETE, **system):
+        t = create_trial(state=state, value=0.5 if state == TrialState.COMPLETE else None, params={"lr": 0.01},
+                         distributions={"lr": FloatDistribution(1e-3, 1e-1, log=True)},
+                         user_attrs={"worker": worker, "device": device},
+                         system_attrs={**({"torch_threads": threads} if threads else {}),
+                                       **({"sampler_seed": seed} if seed is not None else {}), **system})
+        t.number, t.datetime_start = n, t0 + timedelta(seconds=start)
+        t.datetime_complete = t.datetime_start + timedelta(seconds=seconds)
+        return t
+
+    scored = {"scored_with": {"device": "cpu", "torch_threads": 2}, "test_scoring_count": 1}
+    good = [trial(0, start=0), trial(1, start=2), trial(2, start=4)]
+    rep = reproduction(spec, good, scored, study_name="s")
+    assert rep["exact"] is True and "--threads 2 --device cpu" in rep["command"]
+
+    def why(trials, attrs=scored, **kw):
+        out = reproduction(kw.pop("spec", spec), trials, attrs, study_name="s", **kw)
+        assert out["exact"] is False
+        return out["why"]
+
+    assert "run by 2 workers/processes" in why([*good[:2], trial(2, start=4, worker="h:2")])
+    assert "trials ran at the same time (#1 and #2)" in why([*good[:2], trial(2, start=2)])
+    assert "seeded 2 times" in why([*good[:2], trial(2, start=4, seed=7)])
+    assert "not the one a fresh run gets" in why([trial(n, start=2 * n, seed=7) for n in range(3)])
+    assert "it ran on cuda" in why([*good[:2], trial(2, start=4, device="cuda")])
+    gpu = reproduction(spec, [trial(n, start=2 * n, device="cuda") for n in range(3)], scored, study_name="s")
+    assert "--device cuda" in gpu["command"]
+    assert "different torch thread counts (1, 2)" in why([*good[:2], trial(2, start=4, threads=1)])
+    assert "thread count was not recorded" in why([*good[:2], trial(2, start=4, threads=None)])
+    assert "stopped after 2 of 3 trials" in why(good[:2])
+    lost = trial(2, start=4, state=TrialState.FAIL, interrupted=True)
+    assert "did not end on their own" in why([*good, lost])
+    config = trial(3, start=6, state=TrialState.FAIL, failure="config")  # its own fault: counts, repeats
+    assert reproduction(spec, [*good, config], scored, study_name="s")["exact"] is True
+    assert "scored 2 times" in why(good, {**scored, "test_scoring_count": 2})
+    assert "has no seed" in why(good, spec=make_spec(budget={"n_trials": 3}, sampler={"kind": "random", "seed": None}))
+    assert "the job was cancelled" in why(good, not_finished="the job was cancelled")

@@ -203,3 +203,54 @@ def test_careless_init_and_first_rung_values_are_refused_by_field(block, value, 
     with pytest.raises(SpecError) as exc:
         parse_spec({"name": "p", "dataset": {"builtin": "iris"}, block: value})
     assert exc.value.errors[0] == error
+
+
+# ------------------------------------------------------------ init as a search dimension; conditional momentum
+@pytest.mark.parametrize("dim", [{"choices": ["he", "glorot", "torch"]}, {"value": "glorot"},
+                                 {"choices": ["auto", "he", "xavier", "glorot", "torch"]}])
+@pytest.mark.parametrize("model", [{"kind": "mlp", "hidden": [8]},
+                                   {"kind": "cnn", "channels": [2], "hidden": [8]}])
+def test_init_is_a_search_dimension_of_the_builtin_families(make_spec, dim: dict, model: dict) -> None:
+    spec = make_spec(search_space={"init": dim}, model=model, dataset={"builtin": "digits"})
+    assert spec.search_space["init"].kind in ("choices", "fixed")
+    assert spec.effective_search_space()["init"] == spec.search_space["init"]
+    grid = make_spec(search_space={"init": dim, "lr": {"choices": [0.01]}, "dropout": {"value": 0.0},
+                                   "weight_decay": {"value": 0.0}}, model=model, dataset={"builtin": "digits"},
+                     sampler={"kind": "grid"})  # choices: a grid dimension like any other
+    assert grid.sampler.kind == "grid"
+
+
+@pytest.mark.parametrize(("dim", "error"), [
+    ({"choices": ["he", "lecun"]},
+     "search_space.init: unknown initialisation 'lecun' (known: auto, he, xavier, glorot, torch)"),
+    ({"value": "HE"}, "search_space.init: unknown initialisation 'HE' (known: auto, he, xavier, glorot, torch)"),
+    ({"choices": ["he", 1]}, "search_space.init: unknown initialisation 1 (known: auto, he, xavier, glorot, torch)"),
+    ({"low": 0, "high": 1}, "search_space.init: give choices from auto, he, xavier, glorot, torch"),
+])
+def test_init_dimension_values_are_checked(spec_dict, dim: dict, error: str) -> None:
+    assert _errors(spec_dict, search_space={"init": dim}) == [error]
+
+
+def test_init_dimension_is_refused_for_a_plugin_naming_the_field(make_spec, resmlp_plugin: str) -> None:
+    with pytest.raises(SpecError) as exc:
+        make_spec(model={"kind": "plugin", "name": resmlp_plugin}, search_space={"init": {"choices": ["he", "torch"]}})
+    assert exc.value.errors == [("search_space.init: applies to the built-in mlp and cnn families; a plugin "
+                                 "initialises its own model")]
+
+
+def test_grid_sampler_with_momentum_needs_sgd_only(spec_dict) -> None:
+    """momentum is sampled in sgd trials only; the grid would run every adam point once per momentum value."""
+    fixed = {"lr": {"choices": [0.01]}, "dropout": {"value": 0.0}, "weight_decay": {"value": 0.0},
+             "batch_size": {"choices": [16]}}
+    errors = _errors(spec_dict, sampler={"kind": "grid"}, search_space={
+        **fixed, "optimizer": {"choices": ["adam", "sgd"]}, "momentum": {"choices": [0.8, 0.9]}})
+    assert errors == [("search_space.momentum: the grid sampler tries every combination, but momentum applies to "
+                       "sgd trials only (each adam/adamw point would run once per momentum value); fix "
+                       "search_space.optimizer to 'sgd', drop momentum (sgd then uses 0.9) or use another sampler")]
+    for optimizer in ({"value": "sgd"}, {"choices": ["sgd"]}):
+        spec = parse_spec(spec_dict(sampler={"kind": "grid"}, search_space={
+            **fixed, "optimizer": optimizer, "momentum": {"choices": [0.8, 0.9]}}))
+        assert spec.search_space["momentum"].choices == [0.8, 0.9]
+    # other samplers take the conditional space as it is
+    parse_spec(spec_dict(sampler={"kind": "tpe"}, search_space={
+        "optimizer": {"choices": ["adam", "sgd"]}, "momentum": {"low": 0.5, "high": 0.99}}))

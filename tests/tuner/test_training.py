@@ -63,7 +63,8 @@ def test_min_delta_and_maximize_direction(monkeypatch: pytest.MonkeyPatch) -> No
     _scripted_loss(monkeypatch, [1.0, 0.98, 0.97, 0.9])
     result = fit(_model(), _data(), _data(seed=1), cfg, task="classification",
                  val_metrics_fn=_scripted([1.0, 0.98, 0.97, 0.9]))
-    assert result.best_epoch == 1 and result.epochs_run == 3
+    # no improvement by more than 0.05 after epoch 1: stopped after two more; the best observed is kept
+    assert result.epochs_run == 3 and result.best_epoch == 3 and result.best_value == 0.97
     monkeypatch.undo()
     cfg = TrainConfig(lr=0.01, batch_size=16, max_epochs=5, patience=2, objective="accuracy", direction="maximize")
     _scripted_loss(monkeypatch, [0.5, 0.7, 0.6, 0.65, 0.9])
@@ -197,9 +198,10 @@ def test_optimizer_is_fused_and_steps_like_the_multi_tensor_one(name: str) -> No
         model = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
         opt = make_optimizer(model, cfg)
         assert opt.defaults["fused"] is True
-        if not fused:  # the same optimiser with the multi-tensor kernels
+        if not fused:  # the same optimiser (same parameter groups) with the multi-tensor kernels
             defaults = {k: v for k, v in opt.defaults.items() if k != "decoupled_weight_decay" or name != "adamw"}
-            opt = type(opt)(model.parameters(), **{**defaults, "fused": None, "foreach": True})
+            groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in opt.param_groups]
+            opt = type(opt)(groups, **{**defaults, "fused": None, "foreach": True})
         for _ in range(20):
             opt.zero_grad()
             torch.nn.functional.cross_entropy(model(X), y).backward()
@@ -280,3 +282,177 @@ def test_f1_macro_objective_ignores_classes_absent_from_truth_and_predictions() 
     loss = nn.functional.cross_entropy(out, y)
     assert epoch_value("f1_macro", "classification", out, y, loss) == pytest.approx(1.0)
     assert f1_score(y.numpy(), out.argmax(1).numpy(), average="macro", zero_division=0) == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------- ROC-AUC ties: lockstep == scikit-learn (issue 19)
+def _tied_case(rng: np.random.Generator, classes: int, kind: str, n: int) -> np.ndarray:
+    """``n`` float32 probability rows with many exact ties across rows.
+
+    ``rounded``: probabilities rounded to 1-2 decimals (the last class takes the rest), so many rows share
+    a class's value while their float32 row sums differ by an ulp; ``dyadic``: multiples of 1/8 that sum
+    to 1 exactly (nothing for a normalisation to change); ``logits``: the softmax of integer logits."""
+    if kind == "logits":
+        logits = torch.from_numpy(rng.integers(-2, 3, size=(n, classes)).astype(np.float32))
+        return torch.softmax(logits, dim=1).numpy()
+    if kind == "dyadic":
+        parts = np.stack([np.bincount(rng.integers(0, classes, size=8), minlength=classes) for _ in range(n)])
+        return (parts / 8).astype(np.float32)
+    decimals = int(rng.integers(1, 3))
+    p = np.round(rng.dirichlet(np.ones(classes), size=n), decimals)[:, :-1]
+    p = np.clip(p, 0, None)
+    p = p / np.maximum(1.0, p.sum(1, keepdims=True) * 1.0001)
+    last = np.clip(1 - p.sum(1, keepdims=True), 0, 1)
+    return np.concatenate([p, last], axis=1).astype(np.float32)
+
+
+@pytest.mark.parametrize(("classes", "cases"), [(2, 300), (5, 300), (10, 50)])
+def test_lockstep_roc_auc_breaks_exact_ties_as_scikit_learn(classes: int, cases: int) -> None:
+    """Random sets of padded folds of unequal length with exact ties (at least 300 folds compared for 2 and
+    5 classes, 300 random cases each): the lockstep ROC-AUC (one ``batched_roc_auc`` call) equals the per-fold :func:`roc_auc`
+    exactly, and scikit-learn's ``roc_auc_score`` on the same raw probabilities (every tenth case also through
+    ``tuner.metrics`` itself) to 1e-12. A fold missing a class is NaN here, None there."""
+    from sklearn.metrics import roc_auc_score
+
+    from tuner.metrics import classification_metrics
+    from tuner.training import batched_roc_auc, roc_auc
+
+    rng = np.random.default_rng(classes)
+    compared = 0
+    for case in range(cases):
+        kind = ("rounded", "dyadic", "logits")[case % 3]
+        lengths = [int(v) for v in rng.integers(2, 50, size=int(rng.integers(1, 4)))]
+        A, N = len(lengths), max(lengths)
+        proba = np.zeros((A, N, classes), dtype=np.float32)
+        y = np.zeros((A, N), dtype=np.int64)
+        for k, n in enumerate(lengths):
+            proba[k, :n] = _tied_case(rng, classes, kind, n)
+            proba[k, n:] = rng.random((N - n, classes))  # padding: anything, never read
+            used = classes if rng.random() > 0.1 else max(1, classes - 1)  # now and then a class is missing
+            y[k, :n] = rng.integers(0, used, size=n)
+            y[k, n:] = rng.integers(0, classes, size=N - n)
+        valid = torch.arange(N).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)
+        got = batched_roc_auc(torch.from_numpy(proba), torch.from_numpy(y), valid).tolist()
+        for k, n in enumerate(lengths):
+            p, t = proba[k, :n], y[k, :n]
+            one = roc_auc(torch.from_numpy(p.copy()), torch.from_numpy(t.copy()))
+            if case % 10 == 0:  # scikit-learn, as tuner.metrics calls it
+                ref = classification_metrics(t, p, 0.0)["roc_auc"]
+                assert (ref is None) if np.isnan(got[k]) else abs(got[k] - ref) <= 1e-12, (case, k, got[k], ref)
+            if len(np.unique(t)) < classes:  # a class missing: undefined
+                assert np.isnan(got[k]) and np.isnan(one), (case, k)
+                continue
+            compared += 1
+            assert got[k] == one, (case, k)  # the same computation, bit for bit
+            if classes == 2:
+                direct = roc_auc_score(t, p[:, 1])
+            else:
+                assert np.allclose(1, p.sum(axis=1))  # what scikit-learn accepts: it ranks these very numbers
+                direct = roc_auc_score(t, p, multi_class="ovr", labels=np.arange(classes))
+            assert abs(got[k] - direct) <= 1e-12, (case, k, kind, got[k], direct)
+    assert compared >= cases
+
+
+def test_lockstep_roc_auc_objective_equals_the_final_per_fold_metric() -> None:
+    """The lockstep path's per-epoch ROC-AUC (softmax of the stacked outputs) equals, bit for bit, the one
+    its final per-fold metric set computes from each fold's own outputs (the trial value and
+    ``val_metrics.roc_auc`` agree), with coarse logits (ties) and 3/5/10 classes."""
+    from tuner.training import batched_roc_auc, classification_metrics_t
+
+    g = torch.Generator().manual_seed(0)
+    for case in range(60):
+        classes = (3, 5, 10)[case % 3]
+        lengths = torch.randint(classes * 3, 80, (4,), generator=g)
+        N = int(lengths.max())
+        out = (torch.randn(4, N, classes, generator=g) * 2).round(decimals=case % 2)
+        y = torch.arange(4 * N).view(4, N) % classes  # every class in every fold
+        y = y[:, torch.randperm(N, generator=g)]
+        y[:, : classes] = torch.arange(classes)
+        valid = torch.arange(N).unsqueeze(0) < lengths.unsqueeze(1)
+        with torch.inference_mode():
+            got = batched_roc_auc(torch.softmax(out, dim=2), y, valid).tolist()
+            for k, n in enumerate(lengths.tolist()):
+                final = classification_metrics_t(torch.softmax(out[k, :n], dim=1).float(), y[k, :n], 0.5)
+                assert final["roc_auc"] == got[k], (case, k)
+
+
+def test_min_delta_patience_counts_real_improvements_but_the_best_observed_is_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """min_delta 0.2: epochs 2 and 4 improve by more than 0.2 (patience restarts), epochs 5-7 improve by
+    less (patience 3 runs out at epoch 7). Epoch 7 holds the lowest value: its weights, outputs and metrics
+    are kept, not epoch 4's."""
+    model = _model()
+    snapshots: dict[int, dict[str, torch.Tensor]] = {}
+    outputs: dict[int, np.ndarray] = {}
+
+    def on_epoch(epoch: int, value: float) -> None:
+        snapshots[epoch] = {k: v.clone() for k, v in model.state_dict().items()}
+        outputs[epoch] = evaluate(model, *_data(seed=1), "classification")[1]
+
+    calls: list[np.ndarray] = []
+
+    def metrics(out: np.ndarray, loss: float) -> dict[str, float]:
+        calls.append(out)
+        return {"loss": loss}
+
+    values = [0.9, 0.6, 0.5, 0.389, 0.3, 0.25, 0.221, 0.1, 0.05]
+    _scripted_loss(monkeypatch, values)
+    cfg = TrainConfig(lr=0.05, batch_size=16, max_epochs=9, patience=3, min_delta=0.2)
+    result = fit(model, _data(), _data(seed=1), cfg, task="classification", val_metrics_fn=metrics,
+                 on_epoch=on_epoch)
+    assert result.epochs_run == 7 and result.val_curve == values[:7]
+    assert result.best_epoch == 7 and result.best_value == 0.221
+    assert len(calls) == 1 and np.allclose(calls[0], outputs[7]) and not np.allclose(calls[0], outputs[4])
+    for k, v in snapshots[7].items():
+        assert torch.equal(model.state_dict()[k], v)
+    # maximize: the same rule the other way round
+    monkeypatch.undo()
+    _scripted_loss(monkeypatch, [0.5, 0.55, 0.58, 0.59, 0.9])
+    cfg = TrainConfig(lr=0.01, batch_size=16, max_epochs=5, patience=3, min_delta=0.1, objective="accuracy",
+                      direction="maximize")
+    result = fit(_model(), _data(), _data(seed=1), cfg, task="classification")
+    assert result.epochs_run == 4 and result.best_epoch == 4 and result.best_value == 0.59
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
+def test_weight_decay_spares_biases_unless_asked(name: str) -> None:
+    """AdamW wd 0.5, lr 0.1, zero gradient for 10 steps: the weight shrinks by 0.95 per step, the bias stays
+    at 1.0 by default; with weight_decay_on "all" it shrinks too (0.95**10 = 0.599). Adam and SGD (L2
+    through the gradient) spare the bias the same way."""
+    from tuner.training import make_optimizer
+
+    for decay_on in ("weights", "all"):
+        model = nn.Sequential(nn.Linear(3, 2), nn.LayerNorm(2))
+        with torch.no_grad():
+            for p in model.parameters():
+                p.fill_(1.0)
+        cfg = TrainConfig(lr=0.1, batch_size=8, weight_decay=0.5, optimizer=name, momentum=0.0,
+                          weight_decay_on=decay_on)
+        opt = make_optimizer(model, cfg)
+        for _ in range(10):
+            for p in model.parameters():
+                p.grad = torch.zeros_like(p)
+            opt.step()
+        weight, bias, norm_weight, norm_bias = (p.detach() for p in model.parameters())
+        assert float(weight.max()) < 0.9  # decayed either way (AdamW: 0.95**10; Adam: normalised L2 step)
+        for p in (bias, norm_weight, norm_bias):
+            if decay_on == "weights":
+                assert torch.equal(p, torch.ones_like(p))
+            else:
+                assert float(p.max()) < 0.9
+        if name == "adamw":
+            expected = 0.95**10
+            torch.testing.assert_close(weight, torch.full_like(weight, expected))
+            if decay_on == "all":
+                torch.testing.assert_close(bias, torch.full_like(bias, expected))
+
+
+def test_weight_decay_on_is_a_spec_field_read_by_the_train_config(make_spec) -> None:
+    from tuner.spec import SpecError
+
+    params = {"lr": 0.01, "batch_size": 16}
+    assert make_spec().weight_decay_on == "weights"
+    assert TrainConfig.from_params(params, make_spec()).weight_decay_on == "weights"
+    assert TrainConfig.from_params(params, make_spec(weight_decay_on="all")).weight_decay_on == "all"
+    with pytest.raises(SpecError):
+        make_spec(weight_decay_on="biases")

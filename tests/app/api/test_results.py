@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
+import shlex
+import socket
+import threading
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -20,8 +24,7 @@ from app.models import Job
 from app.services import predict as predict_service
 from app.worker import Worker
 from tuner.artifacts import load_model
-from tuner.runner import run
-from tuner.spec import parse_spec
+from tuner.cli import main as cli_main
 
 BAD_ROW_MSGS = {
     "width": "row 1: has 3 values; the model takes 4 (sepal length (cm), sepal width (cm), petal length (cm), "
@@ -166,7 +169,7 @@ def test_model_file_outside_the_artifacts_dir_is_never_served(client, iris_job, 
     assert "missing" in client.get(f"/jobs/{job['id']}/model").json()["detail"]
 
 
-def test_result_bundle_reproduces_with_tuner_run(client, iris_job, settings, tmp_path: Path):
+def test_result_bundle_reproduces_with_tuner_run(client, iris_job, settings, tmp_path: Path, monkeypatch, capsys):
     job = iris_job["job"]
     bundle = client.get(f"/jobs/{job['id']}/result").json()
     assert bundle["status"] == "succeeded" and bundle["model_url"] == f"/jobs/{job['id']}/model"
@@ -190,14 +193,76 @@ def test_result_bundle_reproduces_with_tuner_run(client, iris_job, settings, tmp
     assert bundle["timing"]["wall_s"] > 0 and bundle["timing"]["trials_s"] > 0
     assert bundle["trials"] == {"total": 3, "by_failure_cause": {}, "by_state": {
         "complete": 3, "pruned": 0, "failed": 0, "config_failed": 0, "running": 0, "waiting": 0, "counted": 3}}
-    # Another machine: the data set by its file (checked against the sha256), the spec as it is.
-    data = tmp_path / "iris.csv"
-    data.write_bytes(iris_job["csv"])
-    assert hashlib.sha256(data.read_bytes()).hexdigest() == ds["sha256"]
-    spec = dict(bundle["spec"], dataset={**bundle["spec"]["dataset"], "id": None, "path": str(data)})
-    again = run(parse_spec(spec), artifacts_dir=tmp_path / "artifacts", progress=False, num_threads=1)
-    assert again["best_trial"]["params"] == best["params"]
+    # Another machine: the bundle's command, in a directory holding its spec and the uploaded file.
+    rep = bundle["reproduce"]
+    assert rep["exact"] is True, rep["why"]
+    threads = torch.get_num_threads()  # what the worker's trials ran with (the test process's count)
+    assert rep["command"] == (f"tuner run spec.json --jobs 1 --threads {threads} --device cpu "
+                              f"--storage sqlite:///reproduce.db --study-name {job['study_name']}")
+    assert rep["argv"] == shlex.split(rep["command"])
+    assert rep["data_file"] == {"name": "iris.csv", "sha256": ds["sha256"], "dataset_id": iris_job["dataset"]["id"]}
+    assert rep["spec"]["dataset"] == {**{k: v for k, v in bundle["spec"]["dataset"].items() if k != "id"},
+                                      "path": "iris.csv"}
+    monkeypatch.chdir(tmp_path)
+    Path(rep["data_file"]["name"]).write_bytes(iris_job["csv"])
+    assert hashlib.sha256(Path("iris.csv").read_bytes()).hexdigest() == rep["data_file"]["sha256"]
+    Path("spec.json").write_text(json.dumps(rep["spec"]))
+    capsys.readouterr()
+    torch.set_num_threads(1)  # the command sets the thread count itself
+    try:
+        assert cli_main([*rep["argv"][1:], "--quiet"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    again = json.loads(capsys.readouterr().out)
+    assert again["best_trial"]["number"] == best["trial"]
+    assert again["best_trial"]["params"] == best["params"] and again["best_trial"]["value"] == best["value"]
     assert again["test_metrics"] == test["metrics"]
+    assert again["counts"] == bundle["trials"]["by_state"]
+    assert again["reproduce"]["exact"] is True  # and tuner run's own result says how to repeat it
+    assert again["reproduce"]["command"] == rep["command"]
+
+
+def test_a_job_run_by_two_workers_at_once_is_not_exactly_reproducible(client, settings, spec_dict):
+    """Two workers run the job's trials at the same time: the bundle still gives the command, with exact false."""
+    job = client.post("/jobs", json=spec_dict(budget={"n_trials": 4, "max_epochs": 2})).json()
+    workers = [Worker(settings, worker_id=f"{socket.gethostname()}:{1_000_000 + i}") for i in range(2)]
+    workers[0]._start(job["id"])
+    row = client.get(f"/jobs/{job['id']}").json()
+    barrier = threading.Barrier(2)
+    for w in workers:  # each worker's first trial waits for the other's: both run trials, at the same time
+        ctx = w._context(job["id"], row["spec"], row["study_name"])
+        inner, first = ctx.objective, [True]
+
+        def together(trial, inner=inner, first=first):
+            if first[0]:
+                first[0] = False
+                barrier.wait(timeout=60)
+            return inner(trial)
+
+        ctx.objective = together
+    errors: list[BaseException] = []
+
+    def loop(w: Worker) -> None:
+        try:
+            for _ in range(40):
+                w.run_once()
+                with get_engine(settings.database_url).connect() as conn:
+                    status = conn.execute(sa.select(Job.status).where(Job.id == job["id"])).scalar_one()
+                if status in ("succeeded", "failed", "cancelled"):
+                    return
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=loop, args=(w,)) for w in workers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors and client.get(f"/jobs/{job['id']}").json()["status"] == "succeeded"
+    rep = client.get(f"/jobs/{job['id']}/result").json()["reproduce"]
+    assert rep["exact"] is False
+    assert "run by 2 workers/processes" in rep["why"] and "trials ran at the same time" in rep["why"]
+    assert rep["command"].startswith("tuner run spec.json --jobs 1 --threads ")  # still the closest command
 
 
 def test_kfold_bundle_has_each_fold_and_mean_std(client, settings, spec_dict):

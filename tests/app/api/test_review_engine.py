@@ -19,8 +19,8 @@ def test_predict_csv_upload_gets_the_upload_limit_not_the_json_limit(client, iri
     r = client.post(url, files={"file": ("rows.csv", content)})
     assert r.status_code == 200, r.text
     assert r.json()["n_rows"] == len(big)
-    # JSON rows share the route's limit (the route checks both against the upload limit)
-    r = client.post(url, content=b"[" + b" " * (settings.max_upload_bytes + 100_000) + b"]",
+    # JSON rows get the JSON limit (parsed in full), a file the upload limit
+    r = client.post(url, content=b"[" + b" " * (settings.max_json_bytes + 10) + b"]",
                     headers={"content-type": "application/json"})
     assert r.status_code == 413 and isinstance(r.json()["detail"], str)
     # other routes keep the JSON limit
