@@ -129,3 +129,78 @@ def test_plots_of_a_sample_keep_real_trial_numbers(settings, monkeypatch):
     assert all(len(tr.x) == 2 and tr.x[-1] == 3 for tr in curves.data)  # downsampled, last step kept
     for kind in ("parallel_coordinate", "slice", "contour", "edf", "importance"):
         assert plots.figure(kind, storage, "job", "gaps").data
+
+
+# ------------------------------------------------------------------ issue 20: work bounded in dimensions
+N_DIMS = 20
+
+
+@pytest.fixture
+def wide_job(client, spec_dict, settings):
+    """A job whose study has 20 parameters (x00..x19) over 30 trials; x17 and x03 drive the objective."""
+    import optuna
+
+    from app.db import make_storage
+
+    r = client.post("/jobs", json=spec_dict())
+    job_id, study_name = r.json()["id"], r.json()["study_name"]
+    study = optuna.create_study(study_name=study_name, storage=make_storage(settings.database_url),
+                                load_if_exists=True, sampler=optuna.samplers.RandomSampler(seed=0))
+
+    def objective(trial):
+        xs = {f"x{i:02d}": trial.suggest_float(f"x{i:02d}", 0, 1) for i in range(N_DIMS)}
+        return 10 * xs["x17"] + 5 * xs["x03"] + 0.01 * sum(xs.values())
+
+    study.optimize(objective, n_trials=30)
+    return job_id
+
+
+def _axes(layout, name="xaxis"):
+    return [k for k in layout if re.fullmatch(rf"{name}\d*", k)]
+
+
+def test_plots_of_many_dimensions_draw_a_bounded_number(client, wide_job):
+    cases = {"slice": plots.MAX_PARAMS, "parallel_coordinate": plots.MAX_PARAMS, "contour": plots.MAX_CONTOUR_PARAMS}
+    for kind, limit in cases.items():
+        r = client.get(f"/jobs/{wide_job}/plots/{kind}")
+        assert r.status_code == 200, r.text
+        assert r.headers["x-plot-params"] == f"{limit}/{N_DIMS}"
+        fig = r.json()
+        meta = fig["layout"]["meta"]
+        assert len(meta["params"]) == limit and meta["params_total"] == N_DIMS
+        assert meta["params_chosen_by"] == "importance (ped_anova)"
+        assert {"x17", "x03"} <= set(meta["params"])  # the most important ones are drawn
+        assert f"{limit} of {N_DIMS} parameters" in fig["layout"]["title"]["text"]
+        if kind == "slice":
+            assert len(fig["data"]) == limit and len(_axes(fig["layout"])) == limit
+        elif kind == "parallel_coordinate":
+            labels = fig["layout"]["xaxis"]["ticktext"]  # one axis per dimension: the objective, then params
+            assert len(labels) == limit + 1 and set(labels[1:]) == set(meta["params"])
+            assert max(len(tr.get("x") or []) for tr in fig["data"]) == limit + 1  # a line crosses each axis
+        else:
+            assert len(_axes(fig["layout"])) == limit * limit  # a limit x limit grid of panels
+            titled = {fig["layout"][a]["title"]["text"] for a in _axes(fig["layout"])
+                      if fig["layout"][a].get("title", {}).get("text")}
+            assert titled == set(meta["params"])
+        assert len(r.content) < 1_000_000
+
+
+def test_plot_params_chosen_by_the_caller_and_checked(client, wide_job):
+    r = client.get(f"/jobs/{wide_job}/plots/contour", params={"params": "x01, x02"})
+    assert r.status_code == 200 and r.headers["x-plot-params"] == f"2/{N_DIMS}"
+    assert r.json()["layout"]["meta"]["params"] == ["x01", "x02"]
+    assert r.json()["layout"]["meta"]["params_chosen_by"] == "request"
+    assert len(_axes(r.json()["layout"])) == 1  # one pair: one panel
+    too_many = ",".join(f"x{i:02d}" for i in range(plots.MAX_CONTOUR_PARAMS + 1))
+    r = client.get(f"/jobs/{wide_job}/plots/contour", params={"params": too_many})
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["msg"] == (f"params: a contour plot draws at most {plots.MAX_CONTOUR_PARAMS} "
+                                            f"parameters; {plots.MAX_CONTOUR_PARAMS + 1} given")
+    assert r.json()["detail"][0]["loc"] == ["query", "params"]
+    r = client.get(f"/jobs/{wide_job}/plots/slice", params={"params": "x01,nope"})
+    assert r.status_code == 422 and r.json()["detail"][0]["msg"].startswith("params: no parameter 'nope'")
+    r = client.get(f"/jobs/{wide_job}/plots/history", params={"params": "x01"})
+    assert r.status_code == 422 and "only the slice, parallel_coordinate, contour plots" in r.text
+    # a job of few parameters draws them all, as before
+    r = client.get(f"/jobs/{wide_job}/plots/slice", params={"params": "x05"})
+    assert r.status_code == 200 and len(r.json()["data"]) == 1
