@@ -69,6 +69,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.jobs is not None and args.jobs < 1:
         print("--jobs: must be at least 1", file=sys.stderr)
         return EXIT_BAD_SPEC
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            built = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+            print(f"--device cuda: no CUDA device is available (torch {torch.__version__}, {built}); "
+                  "use --device cpu or --device auto", file=sys.stderr)
+            return EXIT_BAD_SPEC
     from tuner.forkserver import default_jobs
 
     jobs = args.jobs if args.jobs is not None else default_jobs()

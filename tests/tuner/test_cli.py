@@ -166,3 +166,20 @@ def test_resume_after_sigkill_fails_the_killed_trial_and_runs_the_exact_budget(
     assert t.system_attrs["failure"] == "interrupted"
     assert result["reproduce"]["exact"] is False  # a resumed search: not the one a fresh run makes
     assert result["reproduce"]["argv"][2] == str(spec)
+
+
+def test_device_cuda_without_cuda_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import optuna
+    import torch
+
+    from tuner.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as with the pinned CPU build
+    spec = {"name": "cuda", "dataset": {"builtin": "iris"}, "budget": {"n_trials": 1, "max_epochs": 1}}
+    (tmp_path / "s.json").write_text(json.dumps(spec))
+    db = tmp_path / "c.db"
+    code = main(["run", str(tmp_path / "s.json"), "--device", "cuda", "--storage", f"sqlite:///{db}", "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("--device cuda: no CUDA device is available") and "\n" not in err
+    assert not db.exists() or not optuna.get_all_study_summaries(f"sqlite:///{db}")  # nothing started, no trial left
