@@ -80,7 +80,11 @@ def set_threads(n: int) -> None:
 
 
 def command_line(module: str, quick: bool) -> str:
-    return f".venv/bin/python -m {module}" + (" --quick" if quick else "")
+    """The command that produced a result, with every flag it was given (run as ``python -m module``)."""
+    given = sys.argv[1:] if sys.argv and sys.argv[0].endswith(module.replace(".", "/") + ".py") else []
+    if quick and "--quick" not in given:
+        given = [*given, "--quick"]
+    return " ".join([".venv/bin/python -m", module, *(shlex.quote(a) for a in given)])
 
 
 def median(values: Iterable[float | None]) -> float | None:

@@ -357,7 +357,7 @@ def _not_below(s: dict[str, Any] | None) -> bool | None:
     (None when not measured, or without two paired seeds)."""
     if not s or s.get("diff_vs_sklearn_mean") is None or s.get("diff_vs_sklearn_se") is None:
         return None
-    return bool(s["diff_vs_sklearn_mean"] >= -s["diff_vs_sklearn_se"])
+    return bool(s["diff_vs_sklearn_mean"] >= -s["diff_vs_sklearn_se"] - 1e-12)  # a tie with the bound is not below
 
 
 def sklearn_gap_paired(r: dict[str, Any]) -> tuple[str, list[list[str]]]:

@@ -88,7 +88,8 @@ def summarise(scores: list[float], epochs: list[int], seeds: list[int], sk: dict
     return {"scores": scores, "mean": mean, "se": se, "median": float(np.median(scores)),
             "epochs": epochs, "median_epochs": float(np.median(epochs)),
             "diff_vs_sklearn_mean": d_mean, "diff_vs_sklearn_se": d_se, "diff_vs_sklearn_seeds": len(diffs),
-            "not_below_sklearn_by_1se": None if d_mean is None or d_se is None else bool(d_mean >= -d_se)}
+            # "not below by more than one standard error": a tie with the bound (one differing seed) is not below
+            "not_below_sklearn_by_1se": None if d_mean is None or d_se is None else bool(d_mean >= -d_se - 1e-12)}
 
 
 def _kept(last: dict[str, Any], seeds: list[int], sk_scores: dict[str, dict[int, float]],
