@@ -27,6 +27,7 @@ PARTS = [
     ("plots", "9. Plots at 5,000 trials"),
     ("choices", "10. Training choices without search noise (init, patience)"),
     ("sklearn_gap", "11. The test-score gap to scikit-learn, one change at a time"),
+    ("watchers", "12. Watchers: 500 event streams and 500 long-polls (issue 20)"),
 ]
 
 
@@ -406,6 +407,30 @@ def sklearn_gap_paired(r: dict[str, Any]) -> tuple[str, list[list[str]]]:
 
 
 RENDER["sklearn_gap"] = sklearn_gap
+
+
+def watchers(r: dict[str, Any]) -> tuple[str, list[list[str]]]:
+    w = r["watchers"]
+    text = (f"`tuner serve` ({r['backend']}, no worker) with one job whose version changes every "
+            f"{fmt(r['change_every_s'], 1)} s; {r['streams']} `GET /jobs/{{id}}/events` streams and {r['polls']} "
+            "ETag long-polls (`?wait=30`) from a separate process over loopback; two probes time `GET /healthz` "
+            "and `GET /jobs`, one request at a time, first without watchers, then with them. "
+            f"{w['connected']} watchers connected in {fmt(w['connect_s'], 1)} s; {w['changes']} changes while "
+            f"measured; events per stream median {w['stream_events_median']}, long-poll answers median "
+            f"{w['poll_answers_median']} (waiters get the latest state at most once a second); errors {w['errors']}."
+            "\n\n")
+    rows = []
+    for phase in ("baseline", "with_watchers"):
+        for probe in ("/healthz", "/jobs"):
+            x = r[phase][probe]
+            rows.append([phase.replace("_", " "), probe, x["n"], x["p50_ms"], x["p99_ms"], x["max_ms"], x["errors"]])
+    text += table(["phase", "probe", "n", "p50 ms", "p99 ms", "max ms", "errors"], rows, digits=[0, 0, 0, 1, 1, 1, 0])
+    worst = max(r["with_watchers"][p]["p99_ms"] for p in ("/healthz", "/jobs"))
+    return text, [["12. watchers", f"p99 < {fmt(r['target_p99_ms'], 0)} ms with 500 + 500 watchers",
+                   f"worst p99 {fmt(worst, 1)} ms", verdict(r["met"])]]
+
+
+RENDER["watchers"] = watchers
 
 
 def main() -> None:
