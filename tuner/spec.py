@@ -235,8 +235,8 @@ def split_errors(split: SplitSpec, n_rows: int, class_counts: list[int] | None, 
     test = math.ceil(split.test_fraction * n_rows)
     dev = n_rows - test
     if test < 1 or dev < 2:
-        return [f"split.test_fraction: {split.test_fraction:g} of {n_rows} rows leaves {test} test and {dev} "
-                "other rows"]
+        return [(f"split.test_fraction: {split.test_fraction:g} of {n_rows} rows leaves {test} test and {dev} "
+                "other rows")]
     val = split.validation
     if isinstance(val, KFoldSpec):
         stratified = split.stratify if split.stratify is not None else (task or "classification") == "classification"
@@ -248,8 +248,8 @@ def split_errors(split: SplitSpec, n_rows: int, class_counts: list[int] | None, 
         return []
     n_val = math.ceil(val.fraction * dev)
     if n_val < 1 or dev - n_val < 1:
-        return [f"split.validation.fraction: {val.fraction:g} of {dev} non-test rows leaves no training or "
-                "validation row"]
+        return [(f"split.validation.fraction: {val.fraction:g} of {dev} non-test rows leaves no training or "
+                "validation row")]
     return []
 
 

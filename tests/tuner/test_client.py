@@ -170,8 +170,8 @@ def test_the_client_and_the_cli_help_load_nothing_heavy() -> None:
     heavy = ("torch", "sklearn", "optuna", "pandas", "numpy")
     probe = "import sys\n{}\nprint(sorted(m for m in {!r} if m in sys.modules))"
     for code in ("import tuner.client", "from tuner import client", "import tuner.client_cli",
-                 "import app.cli, contextlib, io\nwith contextlib.suppress(SystemExit), contextlib.redirect_stdout("
-                 "io.StringIO()): app.cli.main(['--help'])"):
+                 ("import app.cli, contextlib, io\nwith contextlib.suppress(SystemExit), contextlib.redirect_stdout("
+                 "io.StringIO()): app.cli.main(['--help'])")):
         out = subprocess.run([sys.executable, "-c", probe.format(code, heavy)], capture_output=True, text=True,
                              check=True).stdout.strip().splitlines()[-1]
         assert out == "[]", (code, out)

@@ -478,10 +478,10 @@ def test_control_characters_in_a_path_are_a_plain_404(api, path):
 
 
 def test_control_characters_in_a_spec_or_query_are_422_naming_the_field(api, spec_dict):
-    for over, field in ((dict(name="a\u0000b"), "name"),
-                        (dict(search_space={"batch_size": {"choices": [16, 32]}, "x\u0007": {"value": 1}}),
+    for over, field in (({"name": "a\u0000b"}, "name"),
+                        ({"search_space": {"batch_size": {"choices": [16, 32]}, "x\u0007": {"value": 1}}},
                          "search_space"),
-                        (dict(model={"hidden": [8], "activation": "relu\u0000"}), "model.activation")):
+                        ({"model": {"hidden": [8], "activation": "relu\u0000"}}, "model.activation")):
         r = api.post("/jobs", json=spec_dict(**over))
         assert r.status_code == 422, r.text
         msgs = [e["msg"] for e in r.json()["detail"]]
