@@ -97,10 +97,7 @@ def main() -> None:
     args = p.parse_args()
     from bench import service
 
-    reason = service.available()
-    if reason:
-        print(f"skipped: {reason}")
-        write_result("overhead", {"status": "skipped", "reason": reason}, quick=args.quick, no_write=args.no_write)
+    if service.skipped("overhead", args):
         return
     quiet_optuna()
     set_threads(args.threads)

@@ -24,6 +24,19 @@ from bench.common import ROOT
 PG_ADMIN_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 
 
+def skipped(part: str, args: Any, reason: str | None = None) -> bool:
+    """Record ``part`` as skipped (and say why) when the service cannot run here: ``reason`` or
+    :func:`available`'s. True when skipped."""
+    reason = reason or available()
+    if not reason:
+        return False
+    from bench.common import write_result
+
+    print(f"skipped: {reason}")
+    write_result(part, {"status": "skipped", "reason": reason}, quick=args.quick, no_write=args.no_write)
+    return True
+
+
 def available() -> str | None:
     """None when the service can run here, else the reason it cannot."""
     try:

@@ -162,10 +162,7 @@ def main() -> None:
     args = p.parse_args()
     from bench import service
 
-    reason = service.available()
-    if reason:
-        print(f"skipped: {reason}")
-        write_result("watchers", {"status": "skipped", "reason": reason}, quick=args.quick, no_write=args.no_write)
+    if service.skipped("watchers", args):
         return
     streams = args.streams if args.streams is not None else (100 if args.quick else 500)
     polls = args.polls if args.polls is not None else (100 if args.quick else 500)
