@@ -120,3 +120,49 @@ def test_hostile_specs_and_ids_never_5xx(settings, spec_dict):
         jobs = c.get("/jobs").json()
         for job in jobs["items"]:  # whatever was accepted is a whole, valid job
             assert "\x00" not in job["name"]
+
+
+def test_schemathesis_cases_with_hostile_values_never_5xx(settings):
+    """schemathesis' own cases for every operation with a JSON body (NUL allowed in its strings), with one
+    value anywhere in the body replaced by a hostile one (huge or tiny numbers, NUL, long strings,
+    nesting): no 5xx."""
+    from hypothesis import strategies as st
+
+    schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(settings))
+    schema.config.generation.update(allow_x00=True)
+    operations = [op for op in (r.ok() for r in schema.get_all_operations())
+                  if op.method.upper() in ("POST", "PUT", "PATCH") and op.body]
+    assert any(op.label == "POST /jobs" for op in operations)
+
+    def paths(body: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        out = [prefix] if prefix else []
+        if isinstance(body, dict):
+            for k, v in body.items():
+                out += paths(v, (*prefix, k))
+        elif isinstance(body, list):
+            for i, v in enumerate(body[:3]):
+                out += paths(v, (*prefix, i))
+        return out
+
+    failures: dict[str, str] = {}
+    for op in operations:
+
+        @given(case=op.as_strategy(generation_mode=GenerationMode.POSITIVE), data=st.data())
+        @_settings(25)
+        def run(case: schemathesis.Case, data: Any) -> None:
+            if isinstance(case.body, (dict, list)) and (where := paths(case.body)):
+                path = data.draw(st.sampled_from(where))
+                node = case.body
+                for key in path[:-1]:
+                    node = node[key]
+                node[path[-1]] = data.draw(_hostile_values())
+            case.headers = {**(case.headers or {}), "X-Requested-With": "fuzz"}
+            case.call_and_validate(checks=[not_a_server_error])
+
+        try:
+            run()
+        except Unsatisfiable:
+            pass
+        except Exception as exc:  # noqa: BLE001 - report every operation's failure together
+            failures[op.label] = str(exc)[:3000]
+    assert not failures, "\n\n".join(f"{k}:\n{v}" for k, v in failures.items())
