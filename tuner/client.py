@@ -21,6 +21,8 @@ from typing import Any, Self
 
 import httpx
 
+PREDICT_CHUNK_BYTES = 192 * 1024  # JSON rows per predict request: under the service's default 256 KiB limit
+
 __all__ = ["DEFAULT_URL", "FINISHED", "Client", "TuneserveError"]
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -143,9 +145,28 @@ class Client:
     def predict(
         self, job_id: str, rows: Sequence[Sequence[Any]] | Sequence[Mapping[str, Any]]
     ) -> dict[str, Any]:
-        """Predictions of the best model for ``rows`` (lists of feature values, or dicts by column name)."""
-        return self._json("POST", f"/jobs/{job_id}/predict", json={"rows": [
-            dict(r) if isinstance(r, Mapping) else list(r) for r in rows]})
+        """Predictions of the best model for ``rows`` (lists of feature values, or dicts by column name).
+
+        The service takes JSON rows up to its JSON limit (``TUNER_MAX_JSON_KB``, 256 KiB by default), so
+        more rows go in several requests of at most ``PREDICT_CHUNK_BYTES`` each, and their predictions
+        come back as one answer, in order."""
+        items = [dict(r) if isinstance(r, Mapping) else list(r) for r in rows]
+        chunks: list[list[Any]] = [[]]
+        size = 0
+        for item in items:
+            n = len(json.dumps(item, separators=(",", ":"))) + 1
+            if chunks[-1] and size + n > PREDICT_CHUNK_BYTES:
+                chunks.append([])
+                size = 0
+            chunks[-1].append(item)
+            size += n
+        answers = [self._json("POST", f"/jobs/{job_id}/predict", json={"rows": chunk}) for chunk in chunks]
+        if len(answers) == 1:
+            return answers[0]
+        merged = dict(answers[0])
+        merged["predictions"] = [p for a in answers for p in a["predictions"]]
+        merged["n_rows"] = sum(int(a.get("n_rows", len(a["predictions"]))) for a in answers)
+        return merged
 
     # --------------------------------------------------------------------------------- datasets
     def upload(self, path: str | os.PathLike[str], *, target: str | None = None, task: str | None = None,

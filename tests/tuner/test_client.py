@@ -178,3 +178,24 @@ def test_the_client_and_the_cli_help_load_nothing_heavy() -> None:
     out = subprocess.run([sys.executable, "-c", "import tuner; print(tuner.JobSpec.__name__, tuner.run.__module__)"],
                          capture_output=True, text=True, check=True).stdout.split()
     assert out == ["JobSpec", "tuner.runner"]  # the public names still load, on first use
+
+
+def test_predict_splits_many_rows_under_the_json_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tuner.client as client_mod
+
+    sizes: list[int] = []
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        rows = json.loads(req.content)["rows"]
+        sizes.append(len(req.content))
+        return httpx.Response(200, json={"job_id": "j1", "task": "regression", "classes": None, "n_rows": len(rows),
+                                          "predictions": [{"value": r[0]} for r in rows]})
+
+    monkeypatch.setattr(client_mod, "PREDICT_CHUNK_BYTES", 1000)
+    c = Client("http://x", transport=httpx.MockTransport(handler))
+    rows = [[float(i), 1.5, 2.5] for i in range(300)]
+    out = c.predict("j1", rows)
+    assert len(sizes) > 1 and max(sizes) < 1100  # several requests, each under the limit
+    assert out["n_rows"] == 300 and [p["value"] for p in out["predictions"]] == [float(i) for i in range(300)]
+    before = len(sizes)
+    assert c.predict("j1", rows[:2])["n_rows"] == 2 and len(sizes) == before + 1  # few rows: one request
