@@ -26,6 +26,16 @@ def _spec(**over: Any) -> Any:
      "search_space.dropout.step: 4.94066e-324 gives more than 1,000,000 values between low and high; use at least 5e-07"),
     ({"search_space": {"dropout": {"low": 0, "high": 0.5, "step": -0.1}}},
      "search_space.dropout.step: must be a finite number > 0"),
+    ({"search_space": {"dropout": {"low": 0, "high": 0.5, "step": 0}}},
+     "search_space.dropout.step: must be a finite number > 0"),
+    ({"search_space": {"dropout": {"low": 0, "high": 0.5, "step": float("inf")}}},
+     "search_space.dropout.step: must be a finite number (no Infinity or NaN)"),
+    ({"split": {"seed": float("inf")}}, "split.seed: must be a finite number (no Infinity or NaN)"),
+    ({"split": {"test_fraction": float("nan")}}, "split.test_fraction: must be a finite number (no Infinity or NaN)"),
+    ({"weight_decay_on": ""}, "weight_decay_on: Input should be 'weights' or 'all'"),
+    ({"search_space": {"init": {"choices": []}}}, "search_space.init.choices: must not be empty"),
+    ({"search_space": {"init": {"choices": ["HE"]}}},
+     "search_space.init: unknown initialisation 'HE' (known: auto, he, xavier, glorot, torch)"),
 ])
 def test_numbers_that_would_fail_later_are_refused_naming_the_field(over: dict[str, Any], message: str) -> None:
     with pytest.raises(SpecError) as exc:
