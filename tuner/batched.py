@@ -271,11 +271,6 @@ class StackedOptimizer:
             edges = [0, *(torch.nonzero(row[1:] != row[:-1]).reshape(-1) + 1).tolist(), row.numel()]
             self._segments = [(a, b, bool(row[a])) for a, b in itertools.pairwise(edges)]
 
-    def zero_grad(self) -> None:
-        """Zero the parameter's gradient in place (keeps the buffer)."""
-        if self.param.grad is not None:
-            self.param.grad.zero_()
-
     @torch.no_grad()
     def step(self, active: Any = None) -> None:
         """One update of the active members (``None``: all; else a ``[K]`` bool mask, list or tensor)."""

@@ -429,7 +429,7 @@ def finalize(
     if usable.any():  # else every test label is unusable: only the counts below
         metrics, outputs = _score(model, pre, data.task, test.frame[usable], y_test, dev)
     metrics["n_test"] = len(test.y)
-    metrics["n_test_unusable_target"] = int((~usable).sum())
+    metrics["n_test_unusable_target"] = test.n_unusable_target
     if data.task == "classification":
         metrics["n_test_unseen_label"] = test.n_unseen_label
     metrics["n_test_filled_rows"] = pre.unusable_rows(test.frame)

@@ -632,8 +632,7 @@ class JobSpec(_Model):
                               f"{current_limits().max_grid_points:,}; use fewer choices or another sampler")
         if self.dataset.builtin is not None:
             errors.extend(split_errors(self.split, BUILTIN_ROWS[self.dataset.builtin],
-                                       BUILTIN_CLASS_COUNTS[self.dataset.builtin], self.dataset.known_task()
-                                       or ("regression" if self.dataset.builtin == "diabetes" else "classification")))
+                                       BUILTIN_CLASS_COUNTS[self.dataset.builtin], self.dataset.known_task()))
         if self.pruner.kind == "wilcoxon" and self.split.validation.kind != "kfold":
             errors.append("pruner.kind: the wilcoxon pruner compares per-fold scores and needs split.validation.kind 'kfold'")
         if self.dataset.builtin is not None and not errors:
@@ -658,21 +657,21 @@ class JobSpec(_Model):
         return METRIC_DIRECTIONS[self.objective][0]
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")  # C0 controls and DEL: NUL, escapes, line breaks
 
 
 def control_character_errors(data: Any, where: str = "") -> list[str]:
     """``field: reason`` lines for every string (value or key) holding NUL or another control character:
     PostgreSQL cannot store NUL in text, and control characters in names end up in logs and terminals."""
     if isinstance(data, str):
-        if _CONTROL.search(data):
+        if CONTROL_CHARACTERS.search(data):
             return [f"{where or '(spec)'}: must not contain NUL or other control characters"]
         return []
     errors: list[str] = []
     if isinstance(data, dict):
         for key, value in data.items():
             name = f"{where}.{key}" if where else str(key)
-            if isinstance(key, str) and _CONTROL.search(key):
+            if isinstance(key, str) and CONTROL_CHARACTERS.search(key):
                 errors.append(f"{where or '(spec)'}: a key must not contain NUL or other control characters")
                 continue
             errors.extend(control_character_errors(value, name))

@@ -160,8 +160,8 @@ async def still_authorised(request: Request) -> bool:
     since the request began (or, anonymous, no key created since). Answers from the key cache, so many
     streams of one key cost one look-up per ``auth_cache_s``."""
     found = request.scope.get("state", {}).get("auth")
-    if found is None:
-        return True
+    if found is None:  # the middleware did not vouch for this request: fail closed
+        return False
     middleware, token = found
     principal, reason = middleware._cached(token)
     if reason == "miss":

@@ -8,6 +8,7 @@ in the path -> CORS -> Auth -> POST guard -> routes.
 from __future__ import annotations
 
 import ipaddress
+from urllib.parse import unquote_to_bytes
 
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
@@ -17,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.auth import AuthMiddleware
 from app.core.config import Settings
+from tuner.spec import CONTROL_CHARACTERS
 
 __all__ = ["CSRF_HEADER", "PAGE_CSP", "ControlCharacterGuard", "CrossSitePostGuard", "SecurityHeaders", "bind_refusal", "install_security", "is_loopback", "serve_settings"]
 
@@ -89,7 +91,7 @@ class SecurityHeaders:
 
 
 def has_control_characters(text: str) -> bool:
-    return any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in text)
+    return CONTROL_CHARACTERS.search(text) is not None
 
 
 class ControlCharacterGuard:
@@ -104,10 +106,8 @@ class ControlCharacterGuard:
             if has_control_characters(scope["path"]):
                 await JSONResponse({"detail": "not found"}, status_code=404)(scope, receive, send)
                 return
-            from urllib.parse import unquote_to_bytes
-
             query = unquote_to_bytes(scope.get("query_string", b"").replace(b"+", b" "))
-            if any(b < 0x20 or b == 0x7F for b in query):
+            if CONTROL_CHARACTERS.search(query.decode("latin-1")):
                 await JSONResponse({"detail": [{"loc": ["query"], "type": "value_error",
                                                 "msg": "must not contain NUL or other control characters"}]},
                                    status_code=422)(scope, receive, send)

@@ -225,6 +225,9 @@ class JobWatcher:
             except SQLAlchemyError as exc:  # a database blip: waiters time out or see the next poll
                 log.warning("job watcher: %s", str(exc).splitlines()[0])
                 fresh = None
+            except Exception:
+                log.exception("job watcher: reading the watched jobs failed")
+                fresh = None
             if fresh is not None:
                 self._last_poll = loop.time()
                 for job_id, snap in fresh.items():
